@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/BurntSushi/toml"
+
+	"tlsrelay/relay/config"
+)
+
+func cmdConfigCheck(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("config check", stderr)
+	cfgPath := fs.String("config", "", "configuration `file` (TOML)")
+	if rc := parseFlags(fs, args, 0); rc != 0 {
+		return max(rc, 0)
+	}
+	path, how, err := findConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay:", err)
+		return 1
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay: configuration is not valid:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "# %s (%s): OK\n# The effective configuration, defaults filled in:\n\n", path, how)
+	if err := toml.NewEncoder(stdout).Encode(cfg.Effective()); err != nil {
+		fmt.Fprintln(stderr, "tlsrelay:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,58 @@
+// Command tlsrelay is an SMTP submission relay that accepts plain SMTP
+// from local applications and forwards each message only over TLS that
+// was verified under a per-destination policy.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `tlsrelay: a local SMTP relay that only ever sends mail upstream over verified TLS
+
+Usage:
+  tlsrelay serve [-config FILE]     run the relay
+  tlsrelay demo [-listen ADDR]      run the whole path on this machine, nothing external needed
+  tlsrelay config check [-config FILE]
+                                    validate a configuration and print it with defaults filled in
+  tlsrelay version                  print the version
+
+Without -config, serve and config check use ./tlsrelay.toml, then /etc/tlsrelay/config.toml.
+Flags may be written with - or --. Documentation: README.md.
+`
+
+// exitUsage is the exit status for a wrong command line.
+const exitUsage = 2
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "serve":
+		return cmdServe(args[1:], stderr)
+	case "demo":
+		return cmdDemo(args[1:], stdout, stderr)
+	case "config":
+		if len(args) < 2 || args[1] != "check" {
+			fmt.Fprint(stderr, "tlsrelay config: the only subcommand is \"check\"\n\n"+usage)
+			return exitUsage
+		}
+		return cmdConfigCheck(args[2:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "tlsrelay: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+}

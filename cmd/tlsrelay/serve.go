@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"tlsrelay/relay"
+	"tlsrelay/relay/config"
+)
+
+// defaultConfigPaths are tried in order when -config is not given.
+var defaultConfigPaths = []string{"./tlsrelay.toml", "/etc/tlsrelay/config.toml"}
+
+// findConfig returns the configuration file to use and a sentence saying
+// how it was chosen.
+func findConfig(flagValue string) (string, string, error) {
+	if flagValue != "" {
+		return flagValue, "from -config", nil
+	}
+	for _, p := range defaultConfigPaths {
+		if _, err := os.Stat(p); err == nil {
+			return p, "found at a default location (no -config given)", nil
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return "", "", fmt.Errorf("cannot read %s: %w", p, err)
+		}
+	}
+	return "", "", fmt.Errorf("no configuration: -config not given and neither %s nor %s exists; start from config.example.toml, or try `tlsrelay demo`",
+		defaultConfigPaths[0], defaultConfigPaths[1])
+}
+
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage of tlsrelay %s:\n", name)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\n"+usage)
+	}
+	return fs
+}
+
+// parseFlags parses args and refuses stray arguments, returning the exit
+// status to use when parsing failed (0 when it did not).
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return -1
+		}
+		return exitUsage
+	}
+	if fs.NArg() > maxArgs {
+		fmt.Fprintf(fs.Output(), "tlsrelay %s: unexpected argument %q\n", fs.Name(), fs.Arg(maxArgs))
+		fs.Usage()
+		return exitUsage
+	}
+	return 0
+}
+
+func cmdServe(args []string, stderr io.Writer) int {
+	fs := newFlagSet("serve", stderr)
+	cfgPath := fs.String("config", "", "configuration `file` (TOML)")
+	if rc := parseFlags(fs, args, 0); rc != 0 {
+		return max(rc, 0)
+	}
+	path, how, err := findConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay:", err)
+		return 1
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay: configuration not loaded:", err)
+		return 1
+	}
+	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log.Info("configuration loaded", "file", path, "how", how)
+
+	r, err := relay.New(cfg, relay.Options{Logger: log})
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	if err := r.Start(); err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sigs:
+		log.Info("signal received", "signal", s.String())
+	case err := <-r.Done():
+		log.Error("SMTP server stopped", "error", err)
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
+		defer cancel()
+		r.Shutdown(ctx)
+		return 1
+	}
+	signal.Stop(sigs)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
+	defer cancel()
+	if err := r.Shutdown(ctx); err != nil {
+		log.Error("shutdown", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,270 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+)
+
+// Mode is how TLS is started with the upstream. There is deliberately no
+// plaintext mode.
+type Mode string
+
+// The two ways to reach an upstream.
+const (
+	StartTLS Mode = "starttls" // plain connect, then the STARTTLS command
+	Implicit Mode = "implicit" // TLS from the first byte (port 465 style)
+)
+
+// OnFailure is what the relay does with a message it cannot deliver now.
+type OnFailure string
+
+// The two failure policies.
+const (
+	Queue  OnFailure = "queue"  // accept, spool durably, retry
+	Reject OnFailure = "reject" // deliver before answering DATA; refuse on failure
+)
+
+// Spec is one [[destination]] table as written in the TOML configuration.
+// Compile turns it into a Destination, checking every field.
+type Spec struct {
+	Domains          []string `toml:"domains"`
+	Upstream         string   `toml:"upstream"`
+	TLS              string   `toml:"tls"`
+	MinTLS           string   `toml:"min_tls"`
+	CAFile           string   `toml:"ca_file"`
+	PinSHA256        []string `toml:"pin_sha256"`
+	RequireHostname  []string `toml:"require_hostname"`
+	ServerName       string   `toml:"server_name"`
+	OnFailure        string   `toml:"on_failure"`
+	AuthUsername     string   `toml:"auth_username"`
+	AuthPasswordEnv  string   `toml:"auth_password_env"`
+	AuthPasswordFile string   `toml:"auth_password_file"`
+	ClientCertFile   string   `toml:"client_cert_file"`
+	ClientKeyFile    string   `toml:"client_key_file"`
+}
+
+// Destination is a compiled, validated policy for a set of recipient
+// domains: where their mail goes and what the TLS to it must prove.
+type Destination struct {
+	Domains         []string
+	Upstream        string // host:port
+	Host            string // the upstream's host part
+	Mode            Mode
+	MinTLS          uint16
+	CAFile          string              // "" when Roots are the system's
+	Roots           *x509.CertPool      // nil means the system roots
+	rootCerts       []*x509.Certificate // the certificates of CAFile, for diagnosis
+	Pins            []string            // base64 SHA-256 of SubjectPublicKeyInfo
+	RequireHostname []string
+	ServerName      string
+	OnFailure       OnFailure
+	AuthUsername    string
+	authPassword    string
+	ClientCert      *tls.Certificate
+	spec            Spec
+}
+
+// Spec returns the configuration the destination was compiled from.
+func (d *Destination) Spec() Spec { return d.spec }
+
+// Name is how logs and replies refer to the destination: its first domain.
+func (d *Destination) Name() string { return d.Domains[0] }
+
+// AuthPassword returns the upstream password. It is a method, not a field,
+// so that printing a Destination can never show it.
+func (d *Destination) AuthPassword() string { return d.authPassword }
+
+// FieldError is a configuration error in one key of one destination.
+type FieldError struct {
+	Key     string // the TOML key, e.g. "min_tls"
+	Message string // what is wrong and what to write instead
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Message }
+
+func fieldErr(key, format string, args ...any) *FieldError {
+	return &FieldError{Key: key, Message: fmt.Sprintf(format, args...)}
+}
+
+// Compile checks s and builds the Destination it describes. Files it names
+// (ca_file, client certificates, password files) are read now, so a
+// destination that compiles can be used without further surprises.
+func Compile(s Spec) (*Destination, error) {
+	d := &Destination{spec: s}
+	if len(s.Domains) == 0 {
+		return nil, fieldErr("domains", `at least one recipient domain is required, e.g. domains = ["example.com", ".example.com"]`)
+	}
+	for _, dom := range s.Domains {
+		p, err := normalizePattern(dom)
+		if err != nil {
+			return nil, fieldErr("domains", "%v", err)
+		}
+		d.Domains = append(d.Domains, p)
+	}
+
+	if s.Upstream == "" {
+		return nil, fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587"`)
+	}
+	host, port, err := net.SplitHostPort(s.Upstream)
+	if err != nil || host == "" || port == "" {
+		return nil, fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", s.Upstream)
+	}
+	d.Upstream, d.Host = s.Upstream, host
+
+	switch strings.ToLower(s.TLS) {
+	case "", "starttls":
+		d.Mode = StartTLS
+	case "implicit":
+		d.Mode = Implicit
+	case "none", "plain", "off", "false", "skip-verify", "skip_verify", "insecure":
+		return nil, fieldErr("tls", "%q is not offered: tlsrelay never sends mail without verified TLS; use \"starttls\" or \"implicit\", and ca_file or pin_sha256 for a private server", s.TLS)
+	default:
+		return nil, fieldErr("tls", "%q is not a TLS mode; write \"starttls\" or \"implicit\"", s.TLS)
+	}
+
+	switch s.MinTLS {
+	case "", "1.2":
+		d.MinTLS = tls.VersionTLS12
+	case "1.3":
+		d.MinTLS = tls.VersionTLS13
+	case "1.0", "1.1":
+		return nil, fieldErr("min_tls", "%q is refused: TLS 1.0 and 1.1 are broken and deprecated (RFC 8996); write \"1.2\" or \"1.3\", and upgrade a server that cannot do 1.2", s.MinTLS)
+	default:
+		return nil, fieldErr("min_tls", "%q is not a TLS version; write \"1.2\" or \"1.3\"", s.MinTLS)
+	}
+
+	if s.CAFile != "" {
+		certs, err := loadCAFile(s.CAFile)
+		if err != nil {
+			return nil, fieldErr("ca_file", "%v", err)
+		}
+		d.CAFile, d.Roots, d.rootCerts = s.CAFile, x509.NewCertPool(), certs
+		for _, c := range certs {
+			d.Roots.AddCert(c)
+		}
+	}
+
+	for _, p := range s.PinSHA256 {
+		raw, err := base64.StdEncoding.DecodeString(p)
+		if err != nil || len(raw) != sha256.Size {
+			return nil, fieldErr("pin_sha256", "%q is not a base64 SHA-256 (44 characters ending in '='); get the pin from `tlsrelay check`", p)
+		}
+		d.Pins = append(d.Pins, p)
+	}
+
+	d.RequireHostname = []string{host}
+	if len(s.RequireHostname) > 0 {
+		d.RequireHostname = nil
+		for _, h := range s.RequireHostname {
+			p, err := normalizePattern(h)
+			if err != nil || p == "*" {
+				return nil, fieldErr("require_hostname", "%q is not a host name or .suffix", h)
+			}
+			d.RequireHostname = append(d.RequireHostname, p)
+		}
+	}
+	d.ServerName = s.ServerName
+	if d.ServerName == "" {
+		d.ServerName = host
+	}
+
+	switch s.OnFailure {
+	case "", "queue":
+		d.OnFailure = Queue
+	case "reject":
+		d.OnFailure = Reject
+	default:
+		return nil, fieldErr("on_failure", "%q is not a failure policy; write \"queue\" or \"reject\"", s.OnFailure)
+	}
+
+	if err := d.compileAuth(s); err != nil {
+		return nil, err
+	}
+
+	if (s.ClientCertFile == "") != (s.ClientKeyFile == "") {
+		return nil, fieldErr("client_cert_file", "client_cert_file and client_key_file go together; set both or neither")
+	}
+	if s.ClientCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.ClientCertFile, s.ClientKeyFile)
+		if err != nil {
+			return nil, fieldErr("client_cert_file", "cannot load the client certificate and key: %v", err)
+		}
+		d.ClientCert = &cert
+	}
+	return d, nil
+}
+
+func (d *Destination) compileAuth(s Spec) error {
+	if s.AuthPasswordEnv != "" && s.AuthPasswordFile != "" {
+		return fieldErr("auth_password_env", "set auth_password_env or auth_password_file, not both")
+	}
+	hasPassword := s.AuthPasswordEnv != "" || s.AuthPasswordFile != ""
+	if s.AuthUsername == "" {
+		if hasPassword {
+			return fieldErr("auth_username", "a password source is set but auth_username is empty")
+		}
+		return nil
+	}
+	d.AuthUsername = s.AuthUsername
+	switch {
+	case s.AuthPasswordEnv != "":
+		v, ok := os.LookupEnv(s.AuthPasswordEnv)
+		if !ok || v == "" {
+			return fieldErr("auth_password_env", "the environment variable %s is not set or empty", s.AuthPasswordEnv)
+		}
+		d.authPassword = v
+	case s.AuthPasswordFile != "":
+		raw, err := os.ReadFile(s.AuthPasswordFile)
+		if err != nil {
+			return fieldErr("auth_password_file", "%v", err)
+		}
+		d.authPassword = strings.TrimRight(string(raw), "\r\n")
+		if d.authPassword == "" {
+			return fieldErr("auth_password_file", "%s is empty", s.AuthPasswordFile)
+		}
+	default:
+		return fieldErr("auth_username", "auth_username is set but no password: set auth_password_env (the name of an environment variable) or auth_password_file")
+	}
+	return nil
+}
+
+func loadCAFile(path string) ([]*x509.Certificate, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, raw = pem.Decode(raw)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certificate #%d does not parse: %v", path, len(certs)+1, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM certificate; it must contain one or more -----BEGIN CERTIFICATE----- blocks", path)
+	}
+	return certs, nil
+}
+
+// SPKIPin returns the pin_sha256 form of a certificate's public key: the
+// base64 SHA-256 of its SubjectPublicKeyInfo, as HPKP and curl use.
+func SPKIPin(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}

@@ -1,0 +1,167 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/spool"
+)
+
+// outcome is the result of one delivery attempt of one message to one
+// destination, for some of its recipients.
+type outcome struct {
+	dest      *policy.Destination
+	rcpts     []string
+	failure   *policy.Failure            // the attempt as a whole failed
+	refused   map[string]*policy.Failure // recipients the upstream refused
+	tls       tls.ConnectionState
+	upReply   string // the upstream's reply to DATA
+	delivered bool
+}
+
+// failureFor returns why rcpt was not delivered, or nil if it was.
+func (o *outcome) failureFor(rcpt string) *policy.Failure {
+	if o.failure != nil {
+		return o.failure
+	}
+	if f := o.refused[rcpt]; f != nil {
+		return f
+	}
+	if !o.delivered {
+		return &policy.Failure{Class: policy.Protocol, Host: o.dest.Upstream, Detail: "not delivered"}
+	}
+	return nil
+}
+
+// attempt opens a verified connection to dest and sends the message to
+// rcpts. With allOrNothing (reject mode) a recipient refused by the
+// upstream stops the whole transaction before DATA, so the client's single
+// reply is true for every recipient.
+func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body io.Reader, allOrNothing bool) *outcome {
+	o := &outcome{dest: dest, rcpts: rcpts}
+	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
+	conn, err := r.dialer.Dial(ctx, dest)
+	if err != nil {
+		o.failure = asFailure(dest, err)
+		logFailure(log, "delivery attempt failed", o.failure)
+		return o
+	}
+	defer conn.Close()
+	o.tls = conn.TLS
+	res, err := conn.Send(env.From, rcpts, body, allOrNothing)
+	o.refused = res.Refused
+	if err != nil {
+		o.failure = asFailure(dest, err)
+		logFailure(log, "delivery attempt failed", o.failure)
+		return o
+	}
+	o.upReply = res.Reply
+	o.delivered = len(res.Refused) < len(rcpts) && !(allOrNothing && len(res.Refused) > 0)
+	for rc, f := range res.Refused {
+		logFailure(log.With("rcpt", rc), "recipient refused by upstream", f)
+	}
+	if o.delivered {
+		log.Info("delivered", "tls_version", tls.VersionName(conn.TLS.Version),
+			"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "refused", len(res.Refused), "reply", res.Reply)
+		r.warnExpiry(conn)
+	}
+	return o
+}
+
+func asFailure(dest *policy.Destination, err error) *policy.Failure {
+	if f, ok := policy.AsFailure(err); ok {
+		return f
+	}
+	return &policy.Failure{Class: policy.Protocol, Host: dest.Upstream, Detail: err.Error(), Err: err}
+}
+
+// logFailure writes one line for a failed attempt. TLS failures carry
+// tls_failure=<class> so they can be grepped and alerted on.
+func logFailure(log *slog.Logger, msg string, f *policy.Failure) {
+	attrs := []any{"detail", f.Detail, "fix", f.Fix}
+	if f.Class.IsTLS() {
+		attrs = append([]any{"tls_failure", string(f.Class)}, attrs...)
+	} else {
+		attrs = append([]any{"failure", string(f.Class)}, attrs...)
+	}
+	log.Warn(msg, attrs...)
+}
+
+// reply is the answer to DATA for a reject-mode transaction.
+func (o *outcome) reply() error {
+	if o.failure == nil && len(o.refused) == 0 && o.delivered {
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+			Message: fmt.Sprintf("OK delivered to %s via %s over %s; upstream said: %s",
+				o.dest.Name(), o.dest.Upstream, tls.VersionName(o.tls.Version), clip(o.upReply, 200))}
+	}
+	f := o.failure
+	if f == nil {
+		for _, rc := range o.rcpts {
+			if o.refused[rc] != nil {
+				f = o.refused[rc]
+				f = &policy.Failure{Class: f.Class, Host: f.Host, Detail: rc + ": " + f.Detail, Fix: f.Fix, Permanent: f.Permanent, Err: f.Err}
+				break
+			}
+		}
+	}
+	return FailureReply(o.dest, f)
+}
+
+// FailureReply maps a failure to the SMTP reply a client gets in reject
+// mode: TLS failures and upstream refusals are permanent (5xx, the message
+// must not be sent another way), connection trouble is temporary (4xx).
+// The text names the destination, the class and the fix.
+func FailureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
+	code, enh := 451, smtp.EnhancedCode{4, 4, 1}
+	label := "failure"
+	switch {
+	case f.Class == policy.StartTLSMissing:
+		code, enh, label = 554, smtp.EnhancedCode{5, 7, 10}, "tls_failure"
+	case f.Class.IsTLS():
+		code, enh, label = 554, smtp.EnhancedCode{5, 7, 5}, "tls_failure"
+	case f.Class == policy.Auth:
+		code, enh = 554, smtp.EnhancedCode{5, 7, 0}
+	case f.Class == policy.UpstreamPermanent, f.Class == policy.UpstreamTemporary:
+		code, enh = upstreamCode(f)
+	case f.Class == policy.Connect:
+		code, enh = 451, smtp.EnhancedCode{4, 4, 1}
+	default:
+		code, enh = 451, smtp.EnhancedCode{4, 4, 0}
+	}
+	// One line: clients show the last line (or only the first) of a
+	// multi-line reply, and go-smtp puts the enhanced code on the last only.
+	text := fmt.Sprintf("%s via %s: %s=%s: %s; fix: %s", dest.Name(), dest.Upstream, label, f.Class, f.Detail, f.Fix)
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: clip(text, 490)}
+}
+
+// upstreamCode passes on the upstream's own code where it is sensible.
+func upstreamCode(f *policy.Failure) (int, smtp.EnhancedCode) {
+	if se, ok := f.Err.(*smtp.SMTPError); ok && se.Code >= 400 && se.Code < 600 {
+		enh := se.EnhancedCode
+		if enh == smtp.NoEnhancedCode || enh == smtp.EnhancedCodeNotSet {
+			enh = smtp.EnhancedCode{se.Code / 100, 0, 0}
+		}
+		return se.Code, enh
+	}
+	if f.Permanent {
+		return 554, smtp.EnhancedCode{5, 0, 0}
+	}
+	return 451, smtp.EnhancedCode{4, 0, 0}
+}
+
+// clip shortens s for one reply line (RFC 5321 allows 512 octets) and
+// removes line breaks that would end the reply early.
+func clip(s string, n int) string {
+	s = strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
+}

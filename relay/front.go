@@ -1,0 +1,214 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/config"
+	"tlsrelay/relay/spool"
+)
+
+func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
+	s := smtp.NewServer(smtp.BackendFunc(r.newSession))
+	s.Domain = cfg.Server.Hostname
+	s.MaxMessageBytes = cfg.Server.MaxMessageBytes
+	s.MaxRecipients = cfg.Server.MaxRecipients
+	s.ReadTimeout = cfg.Server.ReadTimeout.Duration
+	s.WriteTimeout = cfg.Server.WriteTimeout.Duration
+	s.ErrorLog = log.New(slogWriter{r.log}, "", 0)
+	return s
+}
+
+// slogWriter sends go-smtp's own error log lines to slog.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(b []byte) (int, error) {
+	w.log.Warn("smtp server", "error", strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// filterListener turns away clients outside allowed_networks before they
+// can say anything, with a reply that tells them why.
+type filterListener struct {
+	net.Listener
+	relay *Relay
+}
+
+func (l *filterListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.relay.allowed(c.RemoteAddr()) {
+			return c, nil
+		}
+		l.relay.log.Warn("connection refused: client not in allowed_networks", "client", c.RemoteAddr().String())
+		go func() {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "554 5.7.1 Your address is not allowed to use this relay (allowed_networks)\r\n")
+			c.Close()
+		}()
+	}
+}
+
+func (r *Relay) allowed(a net.Addr) bool {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	ip, ok := netip.AddrFromSlice(tcp.IP)
+	if !ok {
+		return false
+	}
+	ip = ip.Unmap()
+	for _, n := range r.Config().Networks {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// session is one inbound SMTP session.
+type session struct {
+	relay  *Relay
+	log    *slog.Logger
+	client string
+	helo   string
+
+	from    string
+	hasFrom bool
+	rcpts   []string
+	// reject is the destination of this transaction when it is in reject
+	// mode: such a transaction holds recipients of that destination only,
+	// so the one reply to DATA is true for every recipient.
+	reject *policy.Destination
+}
+
+func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
+	client := c.Conn().RemoteAddr().String()
+	return &session{
+		relay:  r,
+		log:    r.log.With("client", client),
+		client: client,
+		helo:   c.Hostname(),
+	}, nil
+}
+
+func (s *session) Reset() {
+	s.from, s.hasFrom, s.rcpts, s.reject = "", false, nil, nil
+}
+
+func (s *session) Logout() error { return nil }
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if from != "" && !strings.Contains(from, "@") {
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
+			Message: "Sender address must be user@domain (or <> for none)"}
+	}
+	s.Reset()
+	s.from, s.hasFrom = from, true
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	at := strings.LastIndexByte(to, '@')
+	if at <= 0 || at == len(to)-1 {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3},
+			Message: "Recipient address must be user@domain"}
+	}
+	domain := to[at+1:]
+	dest := s.relay.lookup(domain)
+	if dest == nil {
+		s.log.Info("recipient refused: no destination for domain", "domain", domain)
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "Relaying to " + domain + " denied: no [[destination]] in this relay's policy claims that domain"}
+	}
+	if len(s.rcpts) > 0 && (s.reject != nil || dest.OnFailure == policy.Reject) && dest != s.reject {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
+	}
+	if dest.OnFailure == policy.Reject {
+		s.reject = dest
+	}
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	env := spool.Envelope{
+		From:       s.from,
+		Recipients: append([]string(nil), s.rcpts...),
+		Received:   time.Now().UTC(),
+		Client:     s.client,
+		Helo:       s.helo,
+	}
+	p, err := s.relay.store.Create(env)
+	if err != nil {
+		s.log.Error("cannot create spool file", "error", err)
+		return errSpool
+	}
+	if _, err := io.Copy(p, r); err != nil {
+		p.Abort()
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			s.log.Info("message refused", "id", p.ID(), "reason", se.Message)
+			return se // too large: go-smtp's own 552
+		}
+		if isReadError(err) {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Message not received completely"}
+		}
+		s.log.Error("cannot write spool file", "id", p.ID(), "error", err)
+		return errSpool
+	}
+	if s.reject != nil {
+		return s.deliverNow(p, s.reject)
+	}
+	if err := p.Commit(); err != nil {
+		s.log.Error("cannot commit message to spool", "id", p.ID(), "error", err)
+		return errSpool
+	}
+	s.log.Info("message accepted", "id", p.ID(), "from", env.From, "rcpts", len(env.Recipients), "bytes", p.Size())
+	s.relay.queue.add(p.Envelope())
+	// go-smtp answers DATA with the code and text of a returned SMTPError;
+	// a 250 one is how the reply carries the queue id.
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + p.ID()}
+}
+
+// deliverNow delivers a reject-mode transaction before answering DATA.
+// The body was written to the spool's tmp/ only to bound memory; it is
+// never committed, because the client's retry is the queue here.
+func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
+	defer p.Abort()
+	body, err := p.Body()
+	if err != nil {
+		s.log.Error("cannot read back spool file", "id", p.ID(), "error", err)
+		return errSpool
+	}
+	defer body.Close()
+	cfg := s.relay.Config()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.DeliveryTimeout.Duration)
+	defer cancel()
+	env := p.Envelope()
+	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
+	return out.reply()
+}
+
+var errSpool = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+	Message: "Local error: the spool cannot store the message now; try again later"}
+
+func isReadError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, smtp.ErrDataReset)
+}

@@ -1,0 +1,389 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/spool"
+)
+
+// queue schedules the delivery of spooled messages. A new message is
+// handed to a worker at once; timers are only for retries. The spool is
+// the truth: the queue's memory only holds ids and due times, and a
+// message is worked on by one worker at a time.
+type queue struct {
+	r *Relay
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	items   map[string]*item
+	ready   []string
+	closed  bool
+	workers sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+type item struct {
+	id      string
+	timer   *time.Timer
+	running bool
+	// again is set when the message became due while a worker had it.
+	again bool
+}
+
+func newQueue(r *Relay) *queue {
+	q := &queue{r: r, items: map[string]*item{}}
+	q.cond = sync.NewCond(&q.mu)
+	q.ctx, q.cancel = context.WithCancel(context.Background())
+	return q
+}
+
+// recover loads the spool: every committed message is scheduled at its
+// next attempt time, or now.
+func (q *queue) recover() error {
+	ids, err := q.r.store.Recover()
+	if err != nil {
+		return err
+	}
+	now := q.r.now()
+	for _, id := range ids {
+		msg, err := q.r.store.Open(id)
+		if err != nil {
+			q.quarantine(id, err)
+			continue
+		}
+		st, err := q.r.store.LoadState(msg.Envelope)
+		msg.Close()
+		if err != nil {
+			q.r.log.Warn("queue state unreadable; retrying all pending recipients", "id", id, "error", err)
+		}
+		q.schedule(id, st.NextAttempt.Sub(now))
+	}
+	if len(ids) > 0 {
+		q.r.log.Info("recovered queued messages", "count", len(ids))
+	}
+	return nil
+}
+
+func (q *queue) quarantine(id string, err error) {
+	qerr := q.r.store.Quarantine(id)
+	q.r.log.Error("spool file cannot be decoded; moved to corrupt/ for inspection, not delivered",
+		"id", id, "error", err, "quarantine_error", qerr)
+}
+
+// add schedules a message that was just accepted, for now.
+func (q *queue) add(env spool.Envelope) { q.schedule(env.ID, 0) }
+
+// schedule makes id due after d (at once when d <= 0).
+func (q *queue) schedule(id string, d time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	it := q.items[id]
+	if it == nil {
+		it = &item{id: id}
+		q.items[id] = it
+	}
+	if it.timer != nil {
+		it.timer.Stop()
+		it.timer = nil
+	}
+	if d <= 0 {
+		q.makeReadyLocked(it)
+		return
+	}
+	it.timer = time.AfterFunc(d, func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.items[id] == it {
+			it.timer = nil
+			q.makeReadyLocked(it)
+		}
+	})
+}
+
+func (q *queue) makeReadyLocked(it *item) {
+	if it.running {
+		it.again = true
+		return
+	}
+	q.ready = append(q.ready, it.id)
+	q.cond.Signal()
+}
+
+func (q *queue) size() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+func (q *queue) start(n int) {
+	for i := 0; i < n; i++ {
+		q.workers.Add(1)
+		go q.work()
+	}
+}
+
+// stop lets in-flight deliveries finish until ctx ends, then cancels them.
+// Messages stay in the spool either way.
+func (q *queue) stop(ctx context.Context) {
+	q.mu.Lock()
+	q.closed = true
+	for _, it := range q.items {
+		if it.timer != nil {
+			it.timer.Stop()
+		}
+	}
+	q.cond.Broadcast()
+	q.mu.Unlock()
+	done := make(chan struct{})
+	go func() { q.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		q.cancel()
+		<-done
+	}
+	q.cancel()
+}
+
+func (q *queue) work() {
+	defer q.workers.Done()
+	for {
+		q.mu.Lock()
+		for len(q.ready) == 0 && !q.closed {
+			q.cond.Wait()
+		}
+		if q.closed {
+			q.mu.Unlock()
+			return
+		}
+		id := q.ready[0]
+		q.ready = q.ready[1:]
+		it := q.items[id]
+		if it == nil || it.running {
+			q.mu.Unlock()
+			continue
+		}
+		it.running = true
+		q.mu.Unlock()
+
+		next, keep := q.r.deliverQueued(q.ctx, id)
+
+		q.mu.Lock()
+		it.running = false
+		if !keep {
+			delete(q.items, id)
+		} else if it.again {
+			it.again = false
+			q.ready = append(q.ready, id)
+			q.cond.Signal()
+		}
+		q.mu.Unlock()
+		if keep && !q.isClosed() {
+			q.schedule(id, next.Sub(q.r.now()))
+		}
+	}
+}
+
+func (q *queue) isClosed() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closed
+}
+
+// deliverQueued makes one delivery attempt for every pending recipient of
+// a queued message, grouped by destination. It returns when to try again
+// and whether the message stays in the queue.
+func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) {
+	msg, err := r.store.Open(id)
+	if errors.Is(err, spool.ErrCorrupt) {
+		r.queue.quarantine(id, err)
+		return time.Time{}, false
+	}
+	if err != nil {
+		// Gone (deleted by an operator) or unreadable for now.
+		r.log.Warn("cannot open queued message", "id", id, "error", err)
+		return time.Time{}, false
+	}
+	defer msg.Close()
+	st, err := r.store.LoadState(msg.Envelope)
+	if err != nil {
+		r.log.Warn("queue state unreadable; retrying all pending recipients", "id", id, "error", err)
+	}
+	cfg := r.Config()
+
+	// Group pending recipients by the destination the current policy
+	// gives them, so a reload re-routes mail on its next attempt.
+	groups := map[*policy.Destination][]int{}
+	var order []*policy.Destination
+	now := r.now()
+	for i, rc := range st.Recipients {
+		if rc.Status != spool.StatusPending {
+			continue
+		}
+		dest := r.lookup(domainOf(rc.Addr))
+		if dest == nil {
+			st.Recipients[i].Class = string(policy.NoRoute)
+			st.Recipients[i].Reason = "no [[destination]] claims this domain any more"
+			st.Recipients[i].Fix = "add a [[destination]] for the domain (and reload), or delete the message"
+			st.Recipients[i].When = now
+			continue
+		}
+		if groups[dest] == nil {
+			order = append(order, dest)
+		}
+		groups[dest] = append(groups[dest], i)
+	}
+	sort.Slice(order, func(a, b int) bool { return order[a].Name() < order[b].Name() })
+
+	st.Attempts++
+	for _, dest := range order {
+		if ctx.Err() != nil {
+			break
+		}
+		idx := groups[dest]
+		rcpts := make([]string, len(idx))
+		for k, i := range idx {
+			rcpts[k] = st.Recipients[i].Addr
+		}
+		dctx, cancel := context.WithTimeout(ctx, cfg.Queue.DeliveryTimeout.Duration)
+		o := r.attempt(dctx, msg.Envelope, dest, rcpts, msg.Body(), false)
+		cancel()
+		result := "delivered"
+		if o.failure != nil {
+			result = string(o.failure.Class)
+		}
+		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: dest.Upstream, Result: result}
+		if o.failure != nil {
+			a.Detail = o.failure.Detail
+		}
+		st.AddAttempt(a)
+		for _, i := range idx {
+			rc := &st.Recipients[i]
+			rc.Destination, rc.When = dest.Name(), a.At
+			f := o.failureFor(rc.Addr)
+			switch {
+			case f == nil:
+				rc.Status, rc.Class, rc.Reason, rc.Fix, rc.Reply = spool.StatusDelivered, "", "", "", o.upReply
+			default:
+				rc.Class, rc.Reason, rc.Fix = string(f.Class), f.Detail, f.Fix
+				if f.Permanent {
+					rc.Status = spool.StatusFailed
+				}
+			}
+		}
+		if o.delivered {
+			// Record who has it before anything else can go wrong, so a
+			// crash now does not send it to them twice.
+			if err := r.store.SaveState(id, st); err != nil {
+				r.log.Error("cannot save queue state", "id", id, "error", err)
+			}
+		}
+	}
+	return r.settle(msg, st)
+}
+
+// settle decides what happens after an attempt: done, bounced, or retried
+// later. It sends the DSNs the attempt calls for.
+func (r *Relay) settle(msg *spool.Message, st spool.State) (time.Time, bool) {
+	cfg := r.Config()
+	now := r.now()
+	age := now.Sub(msg.Received)
+	pending := 0
+	for _, rc := range st.Recipients {
+		if rc.Status == spool.StatusPending {
+			pending++
+		}
+	}
+	if pending > 0 && age >= cfg.Queue.MaxAge.Duration {
+		for i := range st.Recipients {
+			rc := &st.Recipients[i]
+			if rc.Status == spool.StatusPending {
+				rc.Status = spool.StatusFailed
+				rc.Reason = "gave up after " + cfg.Queue.MaxAge.String() + " (max_age); last problem: " + rc.Reason
+				rc.Class = nonEmpty(rc.Class, string(policy.Connect))
+				rc.Expired = true
+			}
+		}
+		pending = 0
+	}
+	if pending == 0 {
+		if err := r.bounce(msg, st); err != nil {
+			r.log.Error("cannot queue bounce; keeping the message", "id", msg.ID, "error", err)
+			return now.Add(cfg.Queue.RetryMin.Duration), true
+		}
+		if err := r.store.Remove(msg.ID); err != nil {
+			r.log.Error("cannot remove delivered message", "id", msg.ID, "error", err)
+		}
+		r.log.Info("message done", "id", msg.ID, "delivered", countStatus(st, spool.StatusDelivered), "failed", countStatus(st, spool.StatusFailed))
+		return time.Time{}, false
+	}
+	if d := cfg.Queue.DelayWarning.Duration; d > 0 && age >= d && !st.DelayNotified {
+		if err := r.delayNotice(msg, st); err != nil {
+			r.log.Error("cannot queue delay notice", "id", msg.ID, "error", err)
+		} else {
+			st.DelayNotified = true
+		}
+	}
+	st.NextAttempt = now.Add(backoff(st.Attempts, cfg.Queue.RetryMin.Duration, cfg.Queue.RetryMax.Duration))
+	if err := r.store.SaveState(msg.ID, st); err != nil {
+		r.log.Error("cannot save queue state", "id", msg.ID, "error", err)
+	}
+	r.log.Info("message deferred", "id", msg.ID, "pending", pending, "attempts", st.Attempts,
+		"next_attempt", st.NextAttempt.UTC().Format(time.RFC3339))
+	return st.NextAttempt, true
+}
+
+// backoff is the delay before attempt n+1: retry_min doubled per attempt,
+// capped at retry_max, with ±25% jitter so that messages queued together
+// do not retry in lockstep; never outside [retry_min, retry_max].
+func backoff(attempts int, min, max time.Duration) time.Duration {
+	d := min
+	for i := 1; i < attempts && d < max; i++ {
+		d *= 2
+	}
+	d = time.Duration(float64(d) * (0.75 + 0.5*rand.Float64()))
+	return clampDuration(d, min, max)
+}
+
+func clampDuration(d, lo, hi time.Duration) time.Duration {
+	if d < lo {
+		return lo
+	}
+	if d > hi {
+		return hi
+	}
+	return d
+}
+
+func countStatus(st spool.State, s spool.RecipientStatus) int {
+	n := 0
+	for _, rc := range st.Recipients {
+		if rc.Status == s {
+			n++
+		}
+	}
+	return n
+}
+
+func domainOf(addr string) string {
+	for i := len(addr) - 1; i >= 0; i-- {
+		if addr[i] == '@' {
+			return addr[i+1:]
+		}
+	}
+	return ""
+}
+
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

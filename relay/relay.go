@@ -1,0 +1,139 @@
+// Package relay is tlsrelay's mail path: the SMTP front door that accepts
+// plain SMTP from local applications, the durable queue, and the delivery
+// workers that forward each message only over TLS verified by policy.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/config"
+	"tlsrelay/relay/spool"
+	"tlsrelay/relay/upstream"
+)
+
+// Options are the parts of a Relay that are not in the configuration
+// file; the zero value is right for production.
+type Options struct {
+	Logger *slog.Logger
+	// Clock is the time used to verify certificates; nil means now.
+	Clock policy.Clock
+}
+
+// Relay is a running tlsrelay.
+type Relay struct {
+	cfg    atomic.Pointer[config.Config]
+	log    *slog.Logger
+	store  *spool.Store
+	dialer *upstream.Dialer
+	queue  *queue
+	server *smtp.Server
+	ln     net.Listener
+
+	served chan error
+	once   sync.Once
+	expiry expiryWarnings
+}
+
+// New opens the spool, recovers queued messages and prepares the SMTP
+// server; Start begins listening and delivering.
+func New(cfg *config.Config, opts Options) (*Relay, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	store, err := spool.Open(cfg.Queue.Dir)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		log:   opts.Logger,
+		store: store,
+		dialer: &upstream.Dialer{
+			LocalName: cfg.Server.Hostname,
+			Timeout:   cfg.Queue.ConnectTimeout.Duration,
+			Clock:     opts.Clock,
+		},
+		served: make(chan error, 1),
+	}
+	r.cfg.Store(cfg)
+	r.queue = newQueue(r)
+	r.server = r.newServer(cfg)
+	return r, nil
+}
+
+// Config returns the configuration in force.
+func (r *Relay) Config() *config.Config { return r.cfg.Load() }
+
+// Start listens on the configured address, recovers the spool and starts
+// the delivery workers. It returns once the relay accepts connections.
+func (r *Relay) Start() error {
+	cfg := r.Config()
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Server.Listen, err)
+	}
+	r.ln = ln
+	if err := r.queue.recover(); err != nil {
+		ln.Close()
+		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
+	}
+	r.queue.start(cfg.Queue.Workers)
+	go func() {
+		err := r.server.Serve(&filterListener{Listener: ln, relay: r})
+		r.served <- err
+	}()
+	r.log.Info("tlsrelay listening", "addr", ln.Addr().String(), "spool", r.store.Dir(),
+		"destinations", len(cfg.Table.Destinations()), "queued", r.queue.size())
+	return nil
+}
+
+// Addr returns the address the relay listens on.
+func (r *Relay) Addr() net.Addr { return r.ln.Addr() }
+
+// Shutdown stops accepting, lets open sessions finish (until ctx ends),
+// then stops the workers, giving in-flight deliveries the same grace.
+// Everything accepted stays in the spool for the next start.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	var err error
+	r.once.Do(func() {
+		r.log.Info("tlsrelay shutting down")
+		err = r.server.Shutdown(ctx)
+		if errors.Is(err, context.DeadlineExceeded) {
+			r.log.Warn("sessions still open at shutdown deadline; closing them (their clients had no 250 and will retry)")
+			r.server.Close()
+		}
+		r.queue.stop(ctx)
+		r.log.Info("tlsrelay stopped", "queued", r.queue.size())
+	})
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil
+	}
+	return err
+}
+
+// Done receives the SMTP server's error once it stops serving, so that a
+// caller notices the listener failing.
+func (r *Relay) Done() <-chan error { return r.served }
+
+// QueueSize returns the number of messages in the queue.
+func (r *Relay) QueueSize() int { return r.queue.size() }
+
+func (r *Relay) lookup(domain string) *policy.Destination {
+	return r.Config().Table.Lookup(domain)
+}
+
+func (r *Relay) now() time.Time {
+	if r.dialer.Clock != nil {
+		return r.dialer.Clock()
+	}
+	return time.Now()
+}

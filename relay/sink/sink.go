@@ -1,0 +1,229 @@
+// Package sink is a small SMTP server that receives mail over TLS and
+// keeps it: the upstream of `tlsrelay demo`, of the tests and of the
+// benchmark tool. It is a real go-smtp server on a real socket, with
+// STARTTLS or implicit TLS.
+package sink
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Message is one message the sink received.
+type Message struct {
+	From string
+	To   []string
+	Data []byte
+	TLS  tls.ConnectionState
+	User string // the AUTH identity, if any
+}
+
+// Options configure a Sink.
+type Options struct {
+	// Addr to listen on; default 127.0.0.1:0.
+	Addr string
+	// Hostname for the banner.
+	Hostname string
+	// Cert is the server certificate (with its chain as it should be sent).
+	Cert tls.Certificate
+	// Implicit serves TLS from the first byte instead of STARTTLS.
+	Implicit bool
+	// NoTLS serves plain SMTP without offering STARTTLS: a stripped or
+	// misconfigured server, which tlsrelay must refuse.
+	NoTLS bool
+	// MinVersion and MaxVersion bound the server's TLS versions.
+	MinVersion, MaxVersion uint16
+	// Users, if set, enables AUTH PLAIN (after TLS) with these passwords.
+	Users map[string]string
+	// Refuse, if set, decides per recipient: a non-nil error refuses it.
+	Refuse func(rcpt string) *smtp.SMTPError
+	// Discard counts messages without keeping them (for load tests).
+	Discard bool
+	// OnMessage, if set, is called for every message received.
+	OnMessage func(Message)
+}
+
+// Sink is a running SMTP server that keeps what it receives.
+type Sink struct {
+	opts   Options
+	server *smtp.Server
+	ln     net.Listener
+
+	mu       sync.Mutex
+	messages []Message
+	count    int
+	arrived  chan struct{}
+}
+
+// Start listens and serves until Close.
+func Start(o Options) (*Sink, error) {
+	if o.Addr == "" {
+		o.Addr = "127.0.0.1:0"
+	}
+	if o.Hostname == "" {
+		o.Hostname = "sink.test"
+	}
+	s := &Sink{opts: o, arrived: make(chan struct{}, 1)}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &session{sink: s, conn: c}, nil
+	}))
+	srv.Domain = o.Hostname
+	srv.MaxMessageBytes = 1 << 30
+	srv.ReadTimeout = time.Minute
+	srv.WriteTimeout = time.Minute
+	srv.ErrorLog = discardLogger{}
+	var tcfg *tls.Config
+	if !o.NoTLS {
+		tcfg = &tls.Config{Certificates: []tls.Certificate{o.Cert}, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion}
+		if tcfg.MinVersion == 0 {
+			tcfg.MinVersion = tls.VersionTLS10
+		}
+		if tcfg.MinVersion < tls.VersionTLS12 {
+			// Old versions need old suites; offer them so a deliberately old
+			// server behaves like the real thing.
+			for _, cs := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+				tcfg.CipherSuites = append(tcfg.CipherSuites, cs.ID)
+			}
+		}
+	}
+	var ln net.Listener
+	var err error
+	if o.Implicit && tcfg != nil {
+		ln, err = tls.Listen("tcp", o.Addr, tcfg)
+	} else {
+		ln, err = net.Listen("tcp", o.Addr)
+		srv.TLSConfig = tcfg
+	}
+	if err != nil {
+		return nil, err
+	}
+	srv.AllowInsecureAuth = false
+	s.server, s.ln = srv, ln
+	go srv.Serve(ln)
+	return s, nil
+}
+
+// Addr returns the host:port the sink listens on.
+func (s *Sink) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the server.
+func (s *Sink) Close() error { return s.server.Close() }
+
+// Messages returns a copy of what was received so far.
+func (s *Sink) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.messages...)
+}
+
+// Count returns the number of messages received, kept or discarded.
+func (s *Sink) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// Wait blocks until at least n messages arrived or the timeout passes, and
+// reports whether they did.
+func (s *Sink) Wait(n int, timeout time.Duration) bool {
+	deadline := time.After(timeout)
+	for {
+		if s.Count() >= n {
+			return true
+		}
+		select {
+		case <-s.arrived:
+		case <-deadline:
+			return s.Count() >= n
+		}
+	}
+}
+
+func (s *Sink) add(m Message) {
+	s.mu.Lock()
+	s.count++
+	if !s.opts.Discard {
+		s.messages = append(s.messages, m)
+	}
+	s.mu.Unlock()
+	select {
+	case s.arrived <- struct{}{}:
+	default:
+	}
+	if s.opts.OnMessage != nil {
+		s.opts.OnMessage(m)
+	}
+}
+
+type session struct {
+	sink *Sink
+	conn *smtp.Conn
+	from string
+	to   []string
+	user string
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (s *session) AuthMechanisms() []string {
+	if s.sink.opts.Users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if want, ok := s.sink.opts.Users[user]; ok && want == pass {
+			s.user = user
+			return nil
+		}
+		return errors.New("invalid credentials")
+	}), nil
+}
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if s.sink.opts.Users != nil && s.user == "" {
+		return smtp.ErrAuthRequired
+	}
+	s.from = from
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if f := s.sink.opts.Refuse; f != nil {
+		if err := f(to); err != nil {
+			return err
+		}
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	var buf bytes.Buffer
+	if s.sink.opts.Discard {
+		io.Copy(io.Discard, r)
+	} else if _, err := io.Copy(&buf, r); err != nil {
+		return err
+	}
+	state, _ := s.conn.TLSConnectionState()
+	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user})
+	return nil
+}
+
+func (s *session) Reset()        { s.from, s.to = "", nil }
+func (s *session) Logout() error { return nil }
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...interface{}) {}
+func (discardLogger) Println(...interface{})        {}

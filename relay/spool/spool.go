@@ -1,0 +1,365 @@
+// Package spool stores accepted messages on disk so that nothing answered
+// 250 is lost, whatever happens to the process or the machine.
+//
+// Layout under the spool directory (all 0700, files 0600):
+//
+//	tmp/      messages being received; never delivered, emptied at start
+//	msg/      committed messages: a header line, the envelope, the body
+//	state/    per-message delivery state, rewritten atomically
+//	corrupt/  files that failed to decode, kept for a person to look at
+//
+// A message is committed by writing it to tmp/, fsyncing it, renaming it
+// into msg/ and fsyncing msg/. Only then is the client answered. A crash
+// at any point before the rename leaves a file in tmp/ that the next start
+// removes (the client had no 250 and will retry); after it, the message is
+// recovered. Directory fsyncs are shared between messages committed at the
+// same moment (group commit) without weakening this order.
+package spool
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Envelope is what the client said outside the message itself.
+type Envelope struct {
+	ID         string    `json:"id"`
+	From       string    `json:"from"` // "" for the null sender <>
+	Recipients []string  `json:"rcpt"`
+	Received   time.Time `json:"received"`
+	Client     string    `json:"client,omitempty"` // remote address
+	Helo       string    `json:"helo,omitempty"`
+	// Bounce marks a delivery status notification the relay generated.
+	Bounce bool `json:"bounce,omitempty"`
+}
+
+// Store is a spool directory.
+type Store struct {
+	dir      string
+	msgSync  *dirSyncer
+	tmpDir   string
+	msgDir   string
+	stateDir string
+}
+
+const magic = "tlsrelay-spool 1\n"
+
+// maxHeaderBytes bounds the envelope line, so a corrupt file cannot make
+// the decoder read a whole disk into memory.
+const maxHeaderBytes = 4 << 20
+
+// Open opens (creating if needed) the spool at dir. It refuses a directory
+// that others may write to, since they could plant messages.
+func Open(dir string) (*Store, error) {
+	s := &Store{
+		dir:      dir,
+		tmpDir:   filepath.Join(dir, "tmp"),
+		msgDir:   filepath.Join(dir, "msg"),
+		stateDir: filepath.Join(dir, "state"),
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("spool: %s is writable by group or others (mode %v); run chmod 700 %s", dir, fi.Mode().Perm(), dir)
+	}
+	for _, sub := range []string{s.tmpDir, s.msgDir, s.stateDir, filepath.Join(dir, "corrupt")} {
+		if err := os.MkdirAll(sub, 0o700); err != nil {
+			return nil, fmt.Errorf("spool: %w", err)
+		}
+	}
+	s.msgSync = newDirSyncer(s.msgDir)
+	return s, nil
+}
+
+// Dir returns the spool directory.
+func (s *Store) Dir() string { return s.dir }
+
+// NewID returns a fresh queue id: sortable by time, unique without
+// coordination, and safe as a file name.
+func NewID() string {
+	var r [10]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding)
+	return fmt.Sprintf("%x%s", time.Now().UnixMilli(), strings.ToLower(enc.EncodeToString(r[:])))
+}
+
+// validID guards every path built from an id, which may come from a
+// command line.
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// Pending is a message being written. Write the body to it, then Commit
+// or Abort.
+type Pending struct {
+	store *Store
+	env   Envelope
+	f     *os.File
+	w     *bufio.Writer
+	n     int64
+	off   int64 // where the body starts
+	done  bool
+}
+
+// Create starts a message with the given envelope. env.ID is filled in.
+func (s *Store) Create(env Envelope) (*Pending, error) {
+	if env.ID == "" {
+		env.ID = NewID()
+	}
+	if !validID(env.ID) {
+		return nil, fmt.Errorf("spool: invalid id %q", env.ID)
+	}
+	hdr, err := json.Marshal(env)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(s.tmpDir, env.ID), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	p := &Pending{store: s, env: env, f: f, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic) + len(hdr) + 1)}
+	p.w.WriteString(magic)
+	p.w.Write(hdr)
+	p.w.WriteByte('\n')
+	return p, nil
+}
+
+// ID returns the message's queue id.
+func (p *Pending) ID() string { return p.env.ID }
+
+// Envelope returns the message's envelope.
+func (p *Pending) Envelope() Envelope { return p.env }
+
+// Write appends body bytes.
+func (p *Pending) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.n += int64(n)
+	return n, err
+}
+
+// Size returns the number of body bytes written.
+func (p *Pending) Size() int64 { return p.n }
+
+// Body flushes what was written and returns a reader of the body, for a
+// message that is delivered at once instead of being committed.
+func (p *Pending) Body() (io.ReadCloser, error) {
+	if err := p.w.Flush(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p.f.Name())
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.NewSectionReader(f, p.off, p.n), f}, nil
+}
+
+// Commit makes the message durable: when it returns nil, the message
+// survives a crash or power loss and will be found by Recover.
+func (p *Pending) Commit() error {
+	if p.done {
+		return errors.New("spool: message already finished")
+	}
+	p.done = true
+	tmp := p.f.Name()
+	err := p.w.Flush()
+	if err == nil {
+		err = p.f.Sync()
+	}
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(p.store.msgDir, p.env.ID))
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
+	}
+	if err := p.store.msgSync.Sync(); err != nil {
+		// The rename may or may not survive a crash; the client gets a
+		// temporary error and retries, at worst causing a duplicate.
+		os.Remove(filepath.Join(p.store.msgDir, p.env.ID))
+		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
+	}
+	return nil
+}
+
+// Abort discards the message.
+func (p *Pending) Abort() {
+	if p.done {
+		return
+	}
+	p.done = true
+	p.f.Close()
+	os.Remove(p.f.Name())
+}
+
+// Message is a committed message opened for reading.
+type Message struct {
+	Envelope
+	body *os.File
+	off  int64 // where the body starts
+}
+
+// Body returns a reader of the message body from its start. Each call
+// starts again, so a retried delivery re-reads from the beginning.
+func (m *Message) Body() io.Reader {
+	return io.NewSectionReader(m.body, m.off, 1<<62)
+}
+
+// Close releases the file.
+func (m *Message) Close() error { return m.body.Close() }
+
+// Open opens the committed message id.
+func (s *Store) Open(id string) (*Message, error) {
+	if !validID(id) {
+		return nil, fmt.Errorf("spool: invalid id %q", id)
+	}
+	f, err := os.Open(filepath.Join(s.msgDir, id))
+	if err != nil {
+		return nil, err
+	}
+	env, off, err := DecodeHeader(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool: %s: %w", id, err)
+	}
+	if env.ID != id {
+		f.Close()
+		return nil, fmt.Errorf("spool: %s: header names id %q", id, env.ID)
+	}
+	return &Message{Envelope: env, body: f, off: off}, nil
+}
+
+// ErrCorrupt marks a spool file that cannot be decoded.
+var ErrCorrupt = errors.New("corrupt spool file")
+
+// DecodeHeader reads the magic line and the envelope from the start of a
+// spool file and returns the envelope and the offset of the body.
+func DecodeHeader(r io.Reader) (Envelope, int64, error) {
+	var env Envelope
+	br := bufio.NewReaderSize(r, 4096)
+	m := make([]byte, len(magic))
+	if _, err := io.ReadFull(br, m); err != nil || string(m) != magic {
+		return env, 0, fmt.Errorf("%w: bad magic", ErrCorrupt)
+	}
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if err == nil {
+			break
+		}
+		if err != bufio.ErrBufferFull || len(line) > maxHeaderBytes {
+			return env, 0, fmt.Errorf("%w: envelope line: %v", ErrCorrupt, err)
+		}
+	}
+	if err := json.Unmarshal(line, &env); err != nil {
+		return env, 0, fmt.Errorf("%w: envelope: %v", ErrCorrupt, err)
+	}
+	if !validID(env.ID) || len(env.Recipients) == 0 {
+		return env, 0, fmt.Errorf("%w: envelope without id or recipients", ErrCorrupt)
+	}
+	return env, int64(len(magic) + len(line)), nil
+}
+
+// Remove deletes a message and its state. The message goes first: a crash
+// between the two leaves a state file alone, which Recover discards,
+// rather than a message without its record of who already has it.
+func (s *Store) Remove(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("spool: invalid id %q", id)
+	}
+	if err := os.Remove(filepath.Join(s.msgDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	s.msgSync.Sync()
+	if err := os.Remove(filepath.Join(s.stateDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Quarantine moves a message that cannot be decoded to corrupt/, so that
+// it is neither delivered nor lost.
+func (s *Store) Quarantine(id string) error {
+	if !validID(id) {
+		return fmt.Errorf("spool: invalid id %q", id)
+	}
+	return os.Rename(filepath.Join(s.msgDir, id), filepath.Join(s.dir, "corrupt", id))
+}
+
+// Recover clears tmp/ (messages never acknowledged), removes state files
+// whose message is gone, and returns the ids of all committed messages,
+// oldest first.
+func (s *Store) Recover() ([]string, error) {
+	tmp, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range tmp {
+		os.Remove(filepath.Join(s.tmpDir, e.Name()))
+	}
+	ids, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, id := range ids {
+		have[id] = true
+	}
+	states, err := os.ReadDir(s.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range states {
+		if !have[strings.TrimSuffix(e.Name(), ".tmp")] || strings.HasSuffix(e.Name(), ".tmp") {
+			os.Remove(filepath.Join(s.stateDir, e.Name()))
+		}
+	}
+	return ids, nil
+}
+
+// List returns the ids of committed messages, oldest first (ids sort by
+// time).
+func (s *Store) List() ([]string, error) {
+	entries, err := os.ReadDir(s.msgDir)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for _, e := range entries {
+		if validID(e.Name()) {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}

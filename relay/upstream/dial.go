@@ -1,0 +1,257 @@
+// Package upstream opens verified TLS connections to next-hop SMTP servers
+// and sends messages over them. Every connection it returns has passed the
+// complete verification of its destination's policy (policy.Destination);
+// there is no code path that sends a byte of mail or a password otherwise.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/policy"
+)
+
+// Dialer opens verified connections to upstreams.
+type Dialer struct {
+	// LocalName is sent in EHLO; it should be the relay's host name.
+	LocalName string
+	// Timeout bounds connecting, the greeting, STARTTLS and the handshake.
+	Timeout time.Duration
+	// Clock is the time certificates are verified at; nil means now.
+	Clock policy.Clock
+}
+
+// Conn is an SMTP connection to an upstream whose TLS has been verified.
+type Conn struct {
+	Dest *policy.Destination
+	// TLS is the state of the verified connection.
+	TLS tls.ConnectionState
+	// Greeting is the upstream's banner; PlainExtensions the EHLO keywords
+	// it offered before TLS (STARTTLS mode only).
+	Greeting        string
+	PlainExtensions []string
+	// Established is when the connection was verified.
+	Established time.Time
+
+	client *smtp.Client
+	raw    net.Conn
+	sent   int // messages sent over this connection
+}
+
+// Dial connects to dest's upstream, starts TLS as the policy says, verifies
+// it completely, says EHLO over TLS and authenticates if the policy has
+// credentials. Any failure is a *policy.Failure.
+func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, error) {
+	clock := d.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	conn, err := d.handshake(ctx, dest, dest.ClientConfig(clock))
+	if err != nil {
+		var f *policy.Failure
+		if errors.As(err, &f) {
+			return nil, err
+		}
+		return nil, d.diagnoseHandshake(ctx, dest, err)
+	}
+	// Verification already ran inside the handshake; running it once more
+	// on the final state makes "this connection is verified" a fact checked
+	// right here, not an assumption about crypto/tls's callbacks.
+	if err := dest.VerifyState(conn.TLS, clock); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.Established = clock()
+
+	if err := conn.client.Hello(d.LocalName); err != nil {
+		conn.Close()
+		return nil, smtpFailure(dest, "EHLO after TLS", err)
+	}
+	if dest.AuthUsername != "" {
+		if err := conn.auth(); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
+// handshake connects and completes the TLS handshake with cfg. A non-TLS
+// problem (connect, greeting, no STARTTLS) comes back as a *policy.Failure;
+// a handshake error comes back raw for diagnoseHandshake.
+func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *tls.Config) (*Conn, error) {
+	if d.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
+		defer cancel()
+	}
+	var nd net.Dialer
+	raw, err := nd.DialContext(ctx, "tcp", dest.Upstream)
+	if err != nil {
+		return nil, &policy.Failure{Class: policy.Connect, Host: dest.Upstream, Err: err,
+			Detail: fmt.Sprintf("cannot connect: %v", err),
+			Fix:    "check that the upstream host name resolves and that its port is reachable from this machine (firewall, port number)"}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+	}
+	c := &Conn{Dest: dest, raw: raw}
+	if dest.Mode == policy.StartTLS {
+		if err := c.startTLS(d.LocalName); err != nil {
+			raw.Close()
+			return nil, err
+		}
+	}
+	tc := tls.Client(raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	c.TLS = tc.ConnectionState()
+	var sc net.Conn = tc
+	if dest.Mode == policy.StartTLS {
+		// After STARTTLS the server sends no new greeting, but go-smtp's
+		// client starts by reading one; replay the banner it already gave.
+		sc = &greetingConn{Conn: tc, pending: []byte("220 " + c.Greeting + "\r\n")}
+	}
+	c.client = smtp.NewClient(sc)
+	c.client.CommandTimeout = 2 * time.Minute
+	return c, nil
+}
+
+// startTLS runs the plaintext part of a STARTTLS session: greeting, EHLO,
+// STARTTLS. It is done here rather than by go-smtp's client so that the
+// EHLO carries our name and the TLS handshake is ours to run and check
+// before anything else is said.
+func (c *Conn) startTLS(localName string) error {
+	dest := c.Dest
+	tp := textproto.NewConn(c.raw)
+	_, msg, err := tp.ReadResponse(220)
+	if err != nil {
+		return smtpFailure(dest, "greeting", err)
+	}
+	c.Greeting = firstLine(msg)
+	if err := tp.PrintfLine("EHLO %s", localName); err != nil {
+		return smtpFailure(dest, "EHLO", err)
+	}
+	_, msg, err = tp.ReadResponse(250)
+	if err != nil {
+		return smtpFailure(dest, "EHLO", err)
+	}
+	offered := false
+	lines := strings.Split(msg, "\n")
+	for _, l := range lines[1:] {
+		kw := strings.ToUpper(strings.Fields(l + " x")[0])
+		c.PlainExtensions = append(c.PlainExtensions, l)
+		if kw == "STARTTLS" {
+			offered = true
+		}
+	}
+	if !offered {
+		return &policy.Failure{Class: policy.StartTLSMissing, Host: dest.Upstream,
+			Detail: fmt.Sprintf("the server did not offer STARTTLS (it offered: %s); refused to send in plaintext", strings.Join(c.PlainExtensions, ", ")),
+			Fix:    "enable STARTTLS on the server, or find what between here and there strips it (a firewall's SMTP inspection often does); if the server does TLS from the first byte, set tls = \"implicit\""}
+	}
+	if err := tp.PrintfLine("STARTTLS"); err != nil {
+		return smtpFailure(dest, "STARTTLS", err)
+	}
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		f := smtpFailure(dest, "STARTTLS", err)
+		f.Class = policy.StartTLSMissing
+		f.Fix = "the server advertised STARTTLS but refused it; check its TLS configuration (certificate and key loaded)"
+		return f
+	}
+	// Anything already buffered arrived before TLS but would be read as if
+	// it came after: the command injection of CVE-2011-0411. Refuse.
+	if tp.R.Buffered() > 0 {
+		return &policy.Failure{Class: policy.Handshake, Host: dest.Upstream,
+			Detail: "the server (or something in between) sent data after the STARTTLS reply, before the handshake",
+			Fix:    "this is a sign of tampering or a broken server; do not use this path until it is explained"}
+	}
+	return nil
+}
+
+// diagnoseHandshake turns a failed handshake into a verdict. Whether the
+// server refused the TLS version cannot be read from the error (servers
+// send an alert or just close), so a second connection asks the server,
+// with only older versions offered, whether it would have agreed to one.
+func (d *Dialer) diagnoseHandshake(ctx context.Context, dest *policy.Destination, hsErr error) error {
+	cfg, agreed := dest.VersionProbe()
+	_, probeErr := d.handshake(ctx, dest, cfg)
+	if probeErr == nil {
+		probeErr = errors.New("probe unexpectedly completed") // cannot happen: the probe always aborts
+	}
+	if ok, v := agreed(probeErr); ok {
+		return dest.VersionFailure(v, hsErr)
+	}
+	return dest.HandshakeFailure(hsErr)
+}
+
+func (c *Conn) auth() error {
+	dest := c.Dest
+	var mech sasl.Client
+	switch {
+	case c.client.SupportsAuth("PLAIN"):
+		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword())
+	case c.client.SupportsAuth("LOGIN"):
+		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword())
+	default:
+		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
+			Detail: "the server offers neither AUTH PLAIN nor AUTH LOGIN after TLS",
+			Fix:    "remove auth_username if the server needs no login, or enable PLAIN/LOGIN on it"}
+	}
+	if err := c.client.Auth(mech); err != nil {
+		f := smtpFailure(dest, "AUTH", err)
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code/100 == 5 {
+			f.Class = policy.Auth
+			f.Permanent = false // a password can be fixed while mail waits
+			f.Detail = fmt.Sprintf("the server refused the login of %q: %d %s", dest.AuthUsername, se.Code, se.Message)
+			f.Fix = "check auth_username and the password (auth_password_env or auth_password_file)"
+		}
+		return f
+	}
+	return nil
+}
+
+// Close ends the connection politely if it can, and always closes it.
+func (c *Conn) Close() error {
+	if c.client == nil {
+		return c.raw.Close()
+	}
+	c.raw.SetDeadline(time.Now().Add(5 * time.Second))
+	c.client.Quit()
+	return c.client.Close()
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// greetingConn serves pending bytes before reading from the connection.
+type greetingConn struct {
+	net.Conn
+	pending []byte
+}
+
+func (g *greetingConn) Read(b []byte) (int, error) {
+	if len(g.pending) > 0 {
+		n := copy(b, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(b)
+}
