@@ -80,12 +80,12 @@ func (v *verifier) chainFailure(err error, sent []*x509.Certificate, now time.Ti
 			"reissue the certificate with SHA-256 and an RSA key of at least 2048 bits, or ECDSA", err)
 	}
 
-	for _, c := range path {
+	for i, c := range path {
 		switch {
 		case now.After(c.NotAfter):
-			return v.timeFailure(Expired, c, now, err)
+			return v.timeFailure(Expired, c, i == 0, now, err)
 		case now.Before(c.NotBefore):
-			return v.timeFailure(NotYetValid, c, now, err)
+			return v.timeFailure(NotYetValid, c, i == 0, now, err)
 		}
 	}
 
@@ -138,13 +138,20 @@ func (v *verifier) authorityFix() string {
 // timeFailure explains a certificate outside its validity period. When the
 // gap is small or the certificate is from the future, the local clock is as
 // likely to be wrong as the certificate, so both times are shown.
-func (v *verifier) timeFailure(class Class, c *x509.Certificate, now time.Time, err error) *Failure {
+func (v *verifier) timeFailure(class Class, c *x509.Certificate, leaf bool, now time.Time, err error) *Failure {
 	which := fmt.Sprintf("the certificate %q", c.Subject)
+	if !leaf {
+		which = fmt.Sprintf("the CA certificate %q in the chain", c.Subject)
+	}
 	const day = "2006-01-02 15:04:05 UTC"
 	var detail, fix string
 	if class == Expired {
 		detail = fmt.Sprintf("%s expired %s", which, c.NotAfter.UTC().Format(day))
 		fix = fmt.Sprintf("renew the certificate on %s; it expired %s", v.dest.ServerName, c.NotAfter.UTC().Format(day))
+		if !leaf {
+			fix = fmt.Sprintf("the server on %s sends (or chains to) a CA certificate that expired %s: install its current chain from the CA (fullchain.pem), or renew with a current CA",
+				v.dest.ServerName, c.NotAfter.UTC().Format(day))
+		}
 		if now.Sub(c.NotAfter) < 24*time.Hour {
 			fix += fmt.Sprintf("; it expired less than a day ago, so also check this machine's clock (local time %s, certificate valid %s to %s)",
 				now.UTC().Format(day), c.NotBefore.UTC().Format(day), c.NotAfter.UTC().Format(day))

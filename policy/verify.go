@@ -219,7 +219,7 @@ func (d *Destination) VersionProbe() (*tls.Config, func(error) (bool, uint16)) {
 func (d *Destination) VersionFailure(got uint16, cause error) *Failure {
 	return &Failure{Class: TLSVersion, Host: d.Upstream, Err: cause,
 		Detail: fmt.Sprintf("the server only speaks %s; the policy requires at least %s", versionBelow(got, d.MinTLS), tls.VersionName(d.MinTLS)),
-		Fix:    "upgrade the server to TLS 1.2 or later; until then this destination cannot be used"}
+		Fix:    fmt.Sprintf("upgrade the server to %s or later; until then this destination cannot be used", tls.VersionName(d.MinTLS))}
 }
 
 // HandshakeFailure classifies a TLS handshake error that did not come from

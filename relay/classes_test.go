@@ -1,0 +1,125 @@
+package relay
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/policy/certgen"
+	"tlsrelay/relay/sink"
+)
+
+// TestEveryTLSFailureIsNamed starts one upstream per failure class, each
+// with certificates made here, and checks that the relay refuses to send,
+// names the class in its reply and its log, and that nothing arrived.
+func TestEveryTLSFailureIsNamed(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	const name = "mx.example.test"
+	now := time.Now()
+	issue := func(ca *certgen.CA, o certgen.Options) *certgen.Issued {
+		t.Helper()
+		if o.CommonName == "" {
+			o.CommonName = name
+		}
+		if o.DNSNames == nil {
+			o.DNSNames = []string{name}
+		}
+		iss, err := ca.Issue(o)
+		if err != nil {
+			t.Fatalf("issue %+v: %v", o, err)
+		}
+		return iss
+	}
+	intermediate := func(o certgen.Options) (*certgen.CA, *certgen.Issued) {
+		t.Helper()
+		ica, iss, err := p.ca.Intermediate("Test Intermediate", o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ica, iss
+	}
+	selfSigned, err := certgen.NewCA(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA, err := certgen.NewCA("Other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodInter, goodInterCert := intermediate(certgen.Options{})
+	oldInter, oldInterCert := intermediate(certgen.Options{NotBefore: now.Add(-60 * 24 * time.Hour), NotAfter: now.Add(-24 * time.Hour)})
+
+	cases := []struct {
+		class string
+		opts  sink.Options
+		extra []string // more policy keys
+		says  string   // what the reply must also say
+	}{
+		{class: "expired", opts: sink.Options{Cert: issue(p.ca, certgen.Options{NotBefore: now.Add(-90 * 24 * time.Hour), NotAfter: now.Add(-48 * time.Hour)}).TLSCertificate()}, says: "renew the certificate on mx.example.test"},
+		{class: "expired", opts: sink.Options{Cert: issue(oldInter, certgen.Options{NotBefore: now.Add(-30 * 24 * time.Hour)}).TLSCertificate(oldInterCert.Cert)}, says: "Test Intermediate"},
+		{class: "not_yet_valid", opts: sink.Options{Cert: issue(p.ca, certgen.Options{NotBefore: now.Add(48 * time.Hour)}).TLSCertificate()}, says: "clock"},
+		{class: "unknown_authority", opts: sink.Options{Cert: (&certgen.Issued{Cert: selfSigned.Cert, Key: selfSigned.Key}).TLSCertificate()}},
+		{class: "unknown_authority", opts: sink.Options{Cert: issue(otherCA, certgen.Options{}).TLSCertificate()}},
+		{class: "incomplete_chain", opts: sink.Options{Cert: issue(goodInter, certgen.Options{IssuingCertificateURL: []string{"http://127.0.0.1:9/intermediate.crt"}}).TLSCertificate()}, says: "missing issuer"},
+		{class: "hostname_mismatch", opts: sink.Options{Cert: issue(p.ca, certgen.Options{DNSNames: []string{"other.example.test"}}).TLSCertificate()}, says: `valid for "other.example.test"`},
+		{class: "pin_mismatch", opts: sink.Options{Cert: issue(p.ca, certgen.Options{}).TLSCertificate()},
+			extra: []string{`pin_sha256 = ["` + certgen.SPKIPinOf(otherCA.Cert) + `"]`}},
+		{class: "tls_version", opts: sink.Options{Cert: issue(p.ca, certgen.Options{}).TLSCertificate(), MaxVersion: tls.VersionTLS11}, says: "only speaks TLS 1.1"},
+		{class: "tls_version", opts: sink.Options{Cert: issue(p.ca, certgen.Options{}).TLSCertificate(), MaxVersion: tls.VersionTLS12},
+			extra: []string{`min_tls = "1.3"`}, says: "only speaks TLS 1.2"},
+		{class: "starttls_missing", opts: sink.Options{NoTLS: true}},
+		{class: "insecure_algorithm", opts: sink.Options{Cert: issue(p.ca, certgen.Options{RSABits: 1024}).TLSCertificate()}},
+		{class: "handshake", opts: sink.Options{NoTLS: true}, extra: []string{`tls = "implicit"`}},
+	}
+	sha1Leaf := issue(p.ca, certgen.Options{SignatureAlgorithm: x509.ECDSAWithSHA1})
+	cases = append(cases, struct {
+		class string
+		opts  sink.Options
+		extra []string
+		says  string
+	}{class: "insecure_algorithm", opts: sink.Options{Cert: sha1Leaf.TLSCertificate()}, says: "SHA1"})
+	// The working case proves the harness itself can deliver.
+	okSink := startSink(t, sink.Options{Cert: issue(goodInter, certgen.Options{}).TLSCertificate(goodInterCert.Cert)})
+
+	cfg := baseConfig(t.TempDir()) + destination("ok.test", okSink.Addr(), p.caFile, name, `on_failure = "reject"`)
+	sinks := make([]*sink.Sink, len(cases))
+	for i, c := range cases {
+		sinks[i] = startSink(t, c.opts)
+		cfg += destination(domainFor(i), sinks[i].Addr(), p.caFile, name, append([]string{`on_failure = "reject"`}, c.extra...)...)
+	}
+	tr := startRelay(t, cfg)
+	addr := tr.Addr().String()
+
+	if _, err := submit(addr, "app@sender.test", []string{"a@ok.test"}, testBody); err != nil {
+		t.Fatalf("control case through an intermediate: %v", err)
+	}
+	for i, c := range cases {
+		_, err := submit(addr, "app@sender.test", []string{"a@" + domainFor(i)}, testBody)
+		se, ok := err.(*smtp.SMTPError)
+		if !ok || se.Code/100 != 5 || !strings.Contains(se.Message, "tls_failure="+c.class+":") {
+			t.Errorf("case %d (%s): got %v, want a 5xx naming tls_failure=%s", i, c.class, err, c.class)
+			continue
+		}
+		if !strings.Contains(se.Message, c.says) {
+			t.Errorf("case %d (%s): reply does not say %q: %s", i, c.class, c.says, se.Message)
+		}
+		if !strings.Contains(se.Message, "fix:") {
+			t.Errorf("case %d (%s): reply has no fix: %s", i, c.class, se.Message)
+		}
+		if n := sinks[i].Count(); n != 0 {
+			t.Errorf("case %d (%s): upstream received %d messages", i, c.class, n)
+		}
+		if !strings.Contains(tr.logs.String(), "tls_failure="+c.class) {
+			t.Errorf("case %d (%s): no log line with tls_failure=%s", i, c.class, c.class)
+		}
+	}
+	if okSink.Count() != 1 {
+		t.Errorf("control upstream received %d messages, want 1", okSink.Count())
+	}
+}
+
+func domainFor(i int) string { return "case" + string(rune('a'+i)) + ".test" }
