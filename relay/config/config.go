@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -142,6 +144,8 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
 }
 
+var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
 // Load reads, checks and compiles the configuration file at path.
 func Load(path string) (*Config, error) {
 	src, err := os.ReadFile(path)
@@ -159,7 +163,17 @@ func Parse(name, src string) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &Error{File: name, Line: pe.Position.Line, Msg: strings.TrimPrefix(pe.Message, "toml: ")}
+			msg := pe.Message
+			if pe.LastKey != "" {
+				return nil, &Error{File: name, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}
+			}
+			return nil, &Error{File: name, Line: pe.Position.Line, Msg: msg}
+		}
+		// Type mismatches come back as plain errors with the position in
+		// the text; lift it out so every error reads the same way.
+		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &Error{File: name, Line: line, Key: m[2], Msg: m[3]}
 		}
 		return nil, &Error{File: name, Msg: err.Error()}
 	}

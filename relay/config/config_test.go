@@ -1,0 +1,149 @@
+package config
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"tlsrelay/policy/certgen"
+)
+
+func TestExampleConfigLoads(t *testing.T) {
+	c, err := Load("../../config.example.toml")
+	if err != nil {
+		t.Fatalf("config.example.toml does not load: %v", err)
+	}
+	if c.Server.Listen != "127.0.0.1:2525" || c.Queue.MaxAge.Duration != 72*time.Hour || c.Queue.Workers != 16 {
+		t.Errorf("unexpected values: %+v %+v", c.Server, c.Queue)
+	}
+	d := c.Table.Lookup("mail.example.com")
+	if d == nil || d.Upstream != "smtp.example.com:587" || d.RequireHostname[0] != "smtp.example.com" {
+		t.Fatalf("lookup of a subdomain: %+v", d)
+	}
+	if c.Table.Lookup("example.org") != nil {
+		t.Error("a domain no destination claims was routed")
+	}
+}
+
+// TestEveryKeyIsDocumented keeps config.example.toml complete: each key
+// the loader knows appears in it.
+func TestEveryKeyIsDocumented(t *testing.T) {
+	raw, err := os.ReadFile("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	c, err := Load("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := toml.NewEncoder(&buf).Encode(c.Effective()); err != nil {
+		t.Fatal(err)
+	}
+	var all map[string]any
+	if _, err := toml.Decode(buf.String(), &all); err != nil {
+		t.Fatal(err)
+	}
+	for table, v := range all {
+		keys := map[string]any{}
+		switch tv := v.(type) {
+		case map[string]any:
+			keys = tv
+		case []map[string]any:
+			keys = tv[0]
+		}
+		for k := range keys {
+			if !bytes.Contains(raw, []byte("\n"+k+" =")) {
+				t.Errorf("[%s] %s is not in config.example.toml", table, k)
+			}
+		}
+	}
+}
+
+func TestConfigErrorsNameKeyLineAndFix(t *testing.T) {
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	ca, err := certgen.NewCA("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certgen.WriteCertFile(caFile, ca.Cert)
+	dest := "\n[[destination]]\ndomains = [\"example.com\"]\nupstream = \"smtp.example.com:587\"\n"
+	cases := []struct {
+		name, src, want string
+	}{
+		{"unknown key", "[server]\nlisten = \"127.0.0.1:2525\"\nlisen = \"x\"\n" + dest, "test.toml:3: server.lisen: unknown key"},
+		{"unknown key in destination", dest + "tls_mode = \"starttls\"\n", "test.toml:5: destination.tls_mode: unknown key"},
+		{"wrong type", "[server]\nmax_recipients = \"many\"\n" + dest, "test.toml:2: server.max_recipients: incompatible types"},
+		{"bad duration", "[queue]\nretry_min = \"soon\"\n" + dest, `"soon" is not a duration`},
+		{"min_tls 1.0", dest + "min_tls = \"1.0\"\n", "test.toml:5: destination[1].min_tls: \"1.0\" is refused"},
+		{"plaintext", dest + "tls = \"none\"\n", "never sends mail without verified TLS"},
+		{"missing ca_file", dest + "ca_file = \"/nonexistent/ca.pem\"\n", "destination[1].ca_file: open /nonexistent/ca.pem"},
+		{"not PEM", dest + "ca_file = \"" + filepath.Join(dir, "notpem") + "\"\n", "holds no PEM certificate"},
+		{"bad pin", dest + "pin_sha256 = [\"abc\"]\n", "destination[1].pin_sha256: \"abc\" is not a base64 SHA-256"},
+		{"duplicate domain", dest + dest, "test.toml:7: destination[2].domains: domain \"example.com\" is claimed by destination #1 and destination #2"},
+		{"no upstream", "\n[[destination]]\ndomains = [\"example.com\"]\n", "destination[1].upstream: required"},
+		{"upstream without port", "\n[[destination]]\ndomains = [\"example.com\"]\nupstream = \"smtp.example.com\"\n", "is not host:port"},
+		{"bad domain", "\n[[destination]]\ndomains = [\"exa mple.com\"]\nupstream = \"a:1\"\n", "is not a domain pattern"},
+		{"no destination", "[server]\nlisten = \"127.0.0.1:2525\"\n", "no [[destination]] is configured"},
+		{"bad network", "[server]\nallowed_networks = [\"everyone\"]\n" + dest, "server.allowed_networks: \"everyone\" is not a network"},
+		{"retry order", "[queue]\nretry_min = \"1h\"\nretry_max = \"1m\"\n" + dest, "queue.retry_max"},
+		{"password env unset", dest + "auth_username = \"u\"\nauth_password_env = \"TLSRELAY_SURELY_UNSET\"\n", "TLSRELAY_SURELY_UNSET is not set"},
+		{"username without password", dest + "auth_username = \"u\"\n", "no password"},
+		{"syntax", "[server\n", "test.toml:2"},
+	}
+	os.WriteFile(filepath.Join(dir, "notpem"), []byte("hello"), 0o600)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("test.toml", c.src)
+			if err == nil {
+				t.Fatalf("accepted:\n%s", c.src)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not contain %q", err, c.want)
+			}
+		})
+	}
+	if _, err := Parse("ok.toml", dest+"ca_file = \""+caFile+"\"\n"); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+}
+
+func TestDestinationMatchingPrefersMostSpecific(t *testing.T) {
+	src := `
+[[destination]]
+domains = ["*"]
+upstream = "fallback:25"
+[[destination]]
+domains = [".example.com"]
+upstream = "sub:25"
+[[destination]]
+domains = [".deep.example.com", "Example.COM"]
+upstream = "deep:25"
+`
+	c, err := Parse("t.toml", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for domain, want := range map[string]string{
+		"example.com":           "deep:25",
+		"EXAMPLE.com.":          "deep:25",
+		"a.example.com":         "sub:25",
+		"x.deep.example.com":    "deep:25",
+		"deep.example.com":      "sub:25",
+		"other.org":             "fallback:25",
+		"notexample.com":        "fallback:25",
+		"a.b.deep.example.com":  "deep:25",
+		"deep.example.com.evil": "fallback:25",
+	} {
+		d := c.Table.Lookup(domain)
+		if d == nil || d.Upstream != want {
+			t.Errorf("Lookup(%q) = %v, want %s", domain, d, want)
+		}
+	}
+}

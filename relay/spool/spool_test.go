@@ -1,0 +1,169 @@
+package spool
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestCommitOpenRemove(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := Envelope{From: "a@b.test", Recipients: []string{"c@d.test", "e@f.test"}, Received: time.Now().UTC()}
+	p, err := s.Create(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := "Subject: x\r\n\r\nbody\r\n"
+	io.WriteString(p, body)
+	if ids, _ := s.List(); len(ids) != 0 {
+		t.Fatalf("uncommitted message listed: %v", ids)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Open(p.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(m.Body())
+	again, _ := io.ReadAll(m.Body())
+	m.Close()
+	if string(got) != body || string(again) != body {
+		t.Fatalf("body %q then %q, want %q twice", got, again, body)
+	}
+	if m.From != env.From || len(m.Recipients) != 2 {
+		t.Fatalf("envelope %+v", m.Envelope)
+	}
+	fi, err := os.Stat(filepath.Join(s.Dir(), "msg", p.ID()))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("spool file mode %v, err %v; want 0600", fi.Mode().Perm(), err)
+	}
+
+	st := NewState(m.Envelope)
+	st.Recipients[0].Status = StatusDelivered
+	if err := s.SaveState(p.ID(), st); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := s.LoadState(m.Envelope)
+	if err != nil || loaded.Recipients[0].Status != StatusDelivered || loaded.Recipients[1].Status != StatusPending {
+		t.Fatalf("state round trip: %+v, %v", loaded, err)
+	}
+	if err := s.Remove(p.ID()); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s.List(); len(ids) != 0 {
+		t.Fatalf("removed message still listed: %v", ids)
+	}
+}
+
+func TestRecoverDropsUnacknowledgedAndOrphans(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+	io.WriteString(kept, "x")
+	kept.Commit()
+	half, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}}) // crash before commit
+	io.WriteString(half, "partial")
+	os.WriteFile(filepath.Join(dir, "state", "1orphan"), []byte("{}"), 0o600)
+
+	s2, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := s2.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != 1 || ids[0] != kept.ID() {
+		t.Fatalf("recovered %v, want only %s", ids, kept.ID())
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(entries) != 0 {
+		t.Errorf("tmp/ not emptied: %v", entries)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "1orphan")); !os.IsNotExist(err) {
+		t.Error("orphan state file kept")
+	}
+}
+
+func TestRefusesWorldWritableSpool(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o777)
+	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "chmod 700") {
+		t.Fatalf("got %v, want a refusal that says how to fix it", err)
+	}
+}
+
+func TestInvalidIDsNeverBecomePaths(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	for _, id := range []string{"", "../../etc/passwd", "a/b", "A", strings.Repeat("a", 65)} {
+		if _, err := s.Open(id); err == nil {
+			t.Errorf("Open(%q) succeeded", id)
+		}
+		if err := s.Remove(id); err == nil {
+			t.Errorf("Remove(%q) succeeded", id)
+		}
+	}
+}
+
+// TestGroupCommitCoversEveryCaller commits from many goroutines at once;
+// each must return only after a directory sync that began after its own
+// rename, which the syncer's generation counter guarantees.
+func TestGroupCommitCoversEveryCaller(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+			if err != nil {
+				errs <- err
+				return
+			}
+			io.WriteString(p, "x")
+			errs <- p.Commit()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ids, _ := s.List(); len(ids) != 64 {
+		t.Fatalf("%d messages committed, want 64", len(ids))
+	}
+	if s.msgSync.done > 64 || s.msgSync.done == 0 {
+		t.Fatalf("%d directory syncs for 64 commits", s.msgSync.done)
+	}
+	t.Logf("64 concurrent commits shared %d directory syncs", s.msgSync.done)
+}
+
+func FuzzDecodeHeader(f *testing.F) {
+	f.Add([]byte(magic + `{"id":"1abc","from":"a@b","rcpt":["c@d"],"received":"2026-01-01T00:00:00Z"}` + "\nbody"))
+	f.Add([]byte(magic + "\n"))
+	f.Add([]byte("garbage"))
+	f.Add([]byte(magic + `{"id":"../x","rcpt":["c@d"]}` + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		env, off, err := DecodeHeader(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if !validID(env.ID) || len(env.Recipients) == 0 || off > int64(len(data)) {
+			t.Fatalf("accepted a bad header: %+v at %d", env, off)
+		}
+	})
+}
