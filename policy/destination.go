@@ -66,7 +66,7 @@ type Destination struct {
 	ServerName      string
 	OnFailure       OnFailure
 	AuthUsername    string
-	authPassword    string
+	AuthPassword    Secret
 	ClientCert      *tls.Certificate
 	spec            Spec
 }
@@ -76,10 +76,6 @@ func (d *Destination) Spec() Spec { return d.spec }
 
 // Name is how logs and replies refer to the destination: its first domain.
 func (d *Destination) Name() string { return d.Domains[0] }
-
-// AuthPassword returns the upstream password. It is a method, not a field,
-// so that printing a Destination can never show it.
-func (d *Destination) AuthPassword() string { return d.authPassword }
 
 // FieldError is a configuration error in one key of one destination.
 type FieldError struct {
@@ -219,14 +215,14 @@ func (d *Destination) compileAuth(s Spec) error {
 		if !ok || v == "" {
 			return fieldErr("auth_password_env", "the environment variable %s is not set or empty", s.AuthPasswordEnv)
 		}
-		d.authPassword = v
+		d.AuthPassword = Secret(v)
 	case s.AuthPasswordFile != "":
 		raw, err := os.ReadFile(s.AuthPasswordFile)
 		if err != nil {
 			return fieldErr("auth_password_file", "%v", err)
 		}
-		d.authPassword = strings.TrimRight(string(raw), "\r\n")
-		if d.authPassword == "" {
+		d.AuthPassword = Secret(strings.TrimRight(string(raw), "\r\n"))
+		if d.AuthPassword == "" {
 			return fieldErr("auth_password_file", "%s is empty", s.AuthPasswordFile)
 		}
 	default:

@@ -14,6 +14,8 @@ const usage = `tlsrelay: a local SMTP relay that only ever sends mail upstream o
 Usage:
   tlsrelay serve [-config FILE]     run the relay
   tlsrelay demo [-listen ADDR]      run the whole path on this machine, nothing external needed
+  tlsrelay check -config FILE DOMAIN   probe the upstream of DOMAIN with its policy; never sends mail
+  tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
   tlsrelay version                  print the version
@@ -37,6 +39,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return cmdServe(args[1:], stderr)
+	case "check":
+		return cmdCheck(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "config":

@@ -46,10 +46,28 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseInterspersed parses flags wherever they stand among the
+// arguments ("check host:25 -json" as well as "check -json host:25"); the
+// positional arguments are then fs.Args().
+func parseInterspersed(fs *flag.FlagSet, args []string) error {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	return fs.Parse(append([]string{"--"}, positional...))
+}
+
 // parseFlags parses args and refuses stray arguments, returning the exit
 // status to use when parsing failed (0 when it did not).
 func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) int {
-	if err := fs.Parse(args); err != nil {
+	if err := parseInterspersed(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return -1
 		}

@@ -51,17 +51,39 @@ type Conn struct {
 // it completely, says EHLO over TLS and authenticates if the policy has
 // credentials. Any failure is a *policy.Failure.
 func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, error) {
-	clock := d.Clock
-	if clock == nil {
-		clock = time.Now
-	}
-	conn, err := d.handshake(ctx, dest, dest.ClientConfig(clock))
+	conn, err := d.dialTLS(ctx, dest, nil)
 	if err != nil {
-		var f *policy.Failure
-		if errors.As(err, &f) {
+		return nil, err
+	}
+	if dest.AuthUsername != "" {
+		if err := conn.auth(); err != nil {
+			conn.Close()
 			return nil, err
 		}
-		return nil, d.diagnoseHandshake(ctx, dest, err)
+	}
+	return conn, nil
+}
+
+// dialTLS connects, starts TLS, verifies it and says EHLO over it. observe,
+// if set, sees the TLS state before verification judges it (the check
+// command shows what the server sent even when it fails).
+func (d *Dialer) dialTLS(ctx context.Context, dest *policy.Destination, observe func(tls.ConnectionState)) (*Conn, error) {
+	clock := d.clock()
+	cfg := dest.ClientConfig(clock)
+	if observe != nil {
+		verify := cfg.VerifyConnection
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			observe(cs)
+			return verify(cs)
+		}
+	}
+	conn, err := d.handshake(ctx, dest, cfg)
+	if err != nil {
+		var f *policy.Failure
+		if !errors.As(err, &f) {
+			err = d.diagnoseHandshake(ctx, dest, err)
+		}
+		return conn, err // conn, if any, only tells what was learned; it is closed
 	}
 	// Verification already ran inside the handshake; running it once more
 	// on the final state makes "this connection is verified" a fact checked
@@ -76,18 +98,21 @@ func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, err
 		conn.Close()
 		return nil, smtpFailure(dest, "EHLO after TLS", err)
 	}
-	if dest.AuthUsername != "" {
-		if err := conn.auth(); err != nil {
-			conn.Close()
-			return nil, err
-		}
-	}
 	return conn, nil
+}
+
+func (d *Dialer) clock() policy.Clock {
+	if d.Clock == nil {
+		return time.Now
+	}
+	return d.Clock
 }
 
 // handshake connects and completes the TLS handshake with cfg. A non-TLS
 // problem (connect, greeting, no STARTTLS) comes back as a *policy.Failure;
-// a handshake error comes back raw for diagnoseHandshake.
+// a handshake error comes back raw for diagnoseHandshake. On failure the
+// returned Conn, if not nil, is closed and only records what the server
+// said before TLS.
 func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *tls.Config) (*Conn, error) {
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -108,13 +133,13 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 	if dest.Mode == policy.StartTLS {
 		if err := c.startTLS(d.LocalName); err != nil {
 			raw.Close()
-			return nil, err
+			return c, err
 		}
 	}
 	tc := tls.Client(raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
-		return nil, err
+		return c, err
 	}
 	tc.SetDeadline(time.Time{})
 	c.TLS = tc.ConnectionState()
@@ -202,9 +227,9 @@ func (c *Conn) auth() error {
 	var mech sasl.Client
 	switch {
 	case c.client.SupportsAuth("PLAIN"):
-		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword())
+		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword.Reveal())
 	case c.client.SupportsAuth("LOGIN"):
-		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword())
+		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword.Reveal())
 	default:
 		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
 			Detail: "the server offers neither AUTH PLAIN nor AUTH LOGIN after TLS",
