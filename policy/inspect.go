@@ -34,8 +34,8 @@ type Inspection struct {
 	Certificates []CertInfo `json:"certificates"`
 
 	ChainVerified bool   `json:"chain_verified"`
-	ChainRoot     string `json:"chain_root,omitempty"`  // the trusted root the chain leads to
-	ChainSource   string `json:"chain_source"`          // "ca_file PATH" or "system roots"
+	ChainRoot     string `json:"chain_root,omitempty"` // the trusted root the chain leads to
+	ChainSource   string `json:"chain_source"`         // "ca_file PATH" or "system roots"
 	ChainProblem  string `json:"chain_problem,omitempty"`
 	ChainClass    Class  `json:"chain_class,omitempty"`
 
