@@ -1,0 +1,29 @@
+# tlsrelay container: a static binary on a distroless base that has CA
+# certificates and a non-root user, and nothing else.
+#
+#   docker build -t tlsrelay .
+#   docker run --rm -v "$PWD/tlsrelay.toml:/etc/tlsrelay/config.toml:ro" \
+#     -v tlsrelay-spool:/var/spool/tlsrelay tlsrelay
+#
+# As a sidecar the application reaches it on localhost:2525 (listen on
+# 127.0.0.1:2525 in the config). README.md, "Running in a container", has
+# the details.
+
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=""
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/tlsrelay ./cmd/tlsrelay \
+ && mkdir -p /out/spool && chmod 700 /out/spool
+
+# distroless/static: ca-certificates, /etc/passwd with "nonroot" (65532), no shell.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/tlsrelay /usr/local/bin/tlsrelay
+COPY --from=build --chown=65532:65532 /out/spool /var/spool/tlsrelay
+USER 65532:65532
+VOLUME ["/var/spool/tlsrelay"]
+EXPOSE 2525
+ENTRYPOINT ["/usr/local/bin/tlsrelay"]
+CMD ["serve", "-config", "/etc/tlsrelay/config.toml"]
