@@ -15,6 +15,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/linecheck"
 	"tlsrelay/relay/spool"
 )
 
@@ -51,7 +52,7 @@ func (l *filterListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if l.relay.allowed(c.RemoteAddr()) {
-			return c, nil
+			return linecheck.NewConn(c, l.relay.server.TLSConfig != nil), nil
 		}
 		l.relay.log.Warn("connection refused: client not in allowed_networks", "client", c.RemoteAddr().String())
 		go func() {
@@ -89,6 +90,7 @@ type session struct {
 
 	from    string
 	hasFrom bool
+	utf8    bool
 	rcpts   []string
 	// reject is the destination of this transaction when it is in reject
 	// mode: such a transaction holds recipients of that destination only,
@@ -107,22 +109,47 @@ func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 func (s *session) Reset() {
-	s.from, s.hasFrom, s.rcpts, s.reject = "", false, nil, nil
+	s.from, s.hasFrom, s.utf8, s.rcpts, s.reject = "", false, false, nil, nil
 }
 
 func (s *session) Logout() error { return nil }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
+		return err
+	}
 	if from != "" && !strings.Contains(from, "@") {
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
 			Message: "Sender address must be user@domain (or <> for none)"}
 	}
 	s.Reset()
 	s.from, s.hasFrom = from, true
+	s.utf8 = opts != nil && opts.UTF8
+	return nil
+}
+
+// checkAddress refuses envelope addresses that could not be relayed
+// faithfully: control characters (a smuggled line break shows up here as
+// NUL, see linecheck) and non-ASCII without SMTPUTF8.
+func checkAddress(addr string, utf8 bool) error {
+	for i := 0; i < len(addr); i++ {
+		c := addr[i]
+		if c < 0x20 || c == 0x7f {
+			return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+				Message: "Address contains a control character (CR, LF or NUL): refused"}
+		}
+		if c >= 0x80 && !utf8 {
+			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+				Message: "Non-ASCII address without SMTPUTF8: refused"}
+		}
+	}
 	return nil
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if err := checkAddress(to, s.utf8); err != nil {
+		return err
+	}
 	at := strings.LastIndexByte(to, '@')
 	if at <= 0 || at == len(to)-1 {
 		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3},
@@ -159,8 +186,12 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Error("cannot create spool file", "error", err)
 		return errSpool
 	}
-	if _, err := io.Copy(p, r); err != nil {
+	if _, err := io.Copy(p, &linecheck.Reader{R: r}); err != nil {
 		p.Abort()
+		if errors.Is(err, linecheck.ErrBareLineEnding) {
+			s.log.Warn("message refused: bare CR or LF in data (possible SMTP smuggling)", "id", p.ID())
+			return errBareLineEnding
+		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			s.log.Info("message refused", "id", p.ID(), "reason", se.Message)
@@ -204,6 +235,9 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
 	return out.reply()
 }
+
+var errBareLineEnding = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
+	Message: "Message refused: it contains a bare CR or LF (only CRLF may end a line); nothing of it was accepted"}
 
 var errSpool = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 	Message: "Local error: the spool cannot store the message now; try again later"}
