@@ -64,15 +64,15 @@ func TestSmugglingIsRefused(t *testing.T) {
 	tr := startRelay(t, baseConfig(t.TempDir())+destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
 
 	variants := map[string]string{
-		`\n.\n`:     "\n.\n",
-		`\n.\r\n`:   "\n.\r\n",
-		`\r.\r\n`:   "\r.\r\n",
-		`\r\n.\r`:   "\r\n.\r",
-		`\r\n.\n`:   "\r\n.\n",
-		`bare LF`:   "\nhidden\n",
-		`bare CR`:   "\rhidden\r",
-		`NUL`:       "\x00",
-		`\r\n.\rX`:  "\r\n.\rX",
+		`\n.\n`:    "\n.\n",
+		`\n.\r\n`:  "\n.\r\n",
+		`\r.\r\n`:  "\r.\r\n",
+		`\r\n.\r`:  "\r\n.\r",
+		`\r\n.\n`:  "\r\n.\n",
+		`bare LF`:  "\nhidden\n",
+		`bare CR`:  "\rhidden\r",
+		`NUL`:      "\x00",
+		`\r\n.\rX`: "\r\n.\rX",
 	}
 	delivered := 0
 	for name, endMarker := range variants {

@@ -28,13 +28,13 @@ func discipline(in []byte, oneByte bool) []byte {
 
 func TestConnReplacesBareLineEndings(t *testing.T) {
 	for in, want := range map[string]string{
-		"MAIL FROM:<a>\r\n":       "MAIL FROM:<a>\r\n",
-		"a\nb\r\n":                "a\x00b\r\n",
-		"a\rb\r\n":                "a\x00b\r\n",
-		"\r\n.\r\n":               "\r\n.\r\n",
-		"x\n.\n":                  "x\x00.\x00",
-		"x\r\n.\rMAIL\r\n":        "x\r\n.\x00MAIL\r\n",
-		"\r\r\n":                  "\x00\r\n",
+		"MAIL FROM:<a>\r\n":        "MAIL FROM:<a>\r\n",
+		"a\nb\r\n":                 "a\x00b\r\n",
+		"a\rb\r\n":                 "a\x00b\r\n",
+		"\r\n.\r\n":                "\r\n.\r\n",
+		"x\n.\n":                   "x\x00.\x00",
+		"x\r\n.\rMAIL\r\n":         "x\r\n.\x00MAIL\r\n",
+		"\r\r\n":                   "\x00\r\n",
 		"\xc3\xa9 8bit ok\r\n\r\n": "\xc3\xa9 8bit ok\r\n\r\n",
 	} {
 		for _, one := range []bool{false, true} {
