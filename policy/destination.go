@@ -217,6 +217,14 @@ func (d *Destination) compileAuth(s Spec) error {
 		}
 		d.AuthPassword = Secret(v)
 	case s.AuthPasswordFile != "":
+		fi, err := os.Stat(s.AuthPasswordFile)
+		if err != nil {
+			return fieldErr("auth_password_file", "%v", err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			return fieldErr("auth_password_file", "%s has mode %v: a password file must be readable by its owner only; run chmod 600 %s (in Kubernetes, mount the Secret with defaultMode: 0400)",
+				s.AuthPasswordFile, perm, s.AuthPasswordFile)
+		}
 		raw, err := os.ReadFile(s.AuthPasswordFile)
 		if err != nil {
 			return fieldErr("auth_password_file", "%v", err)

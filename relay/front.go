@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log"
@@ -17,6 +18,7 @@ import (
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/linecheck"
 	"tlsrelay/relay/spool"
+	"tlsrelay/relay/users"
 )
 
 func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
@@ -27,6 +29,13 @@ func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
 	s.ReadTimeout = cfg.Server.ReadTimeout.Duration
 	s.WriteTimeout = cfg.Server.WriteTimeout.Duration
 	s.ErrorLog = log.New(slogWriter{r.log}, "", 0)
+	if cfg.TLSCert != nil {
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCert}, MinVersion: tls.VersionTLS12}
+	}
+	// AUTH is offered by the session itself, only on TLS or loopback
+	// connections (see session.AuthMechanisms); go-smtp's own TLS-only rule
+	// would forbid it on loopback.
+	s.AllowInsecureAuth = true
 	return s
 }
 
@@ -38,55 +47,18 @@ func (w slogWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// filterListener turns away clients outside allowed_networks before they
-// can say anything, with a reply that tells them why.
-type filterListener struct {
-	net.Listener
-	relay *Relay
-}
-
-func (l *filterListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if l.relay.allowed(c.RemoteAddr()) {
-			return linecheck.NewConn(c, l.relay.server.TLSConfig != nil), nil
-		}
-		l.relay.log.Warn("connection refused: client not in allowed_networks", "client", c.RemoteAddr().String())
-		go func() {
-			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, "554 5.7.1 Your address is not allowed to use this relay (allowed_networks)\r\n")
-			c.Close()
-		}()
-	}
-}
-
-func (r *Relay) allowed(a net.Addr) bool {
-	tcp, ok := a.(*net.TCPAddr)
-	if !ok {
-		return false
-	}
-	ip, ok := netip.AddrFromSlice(tcp.IP)
-	if !ok {
-		return false
-	}
-	ip = ip.Unmap()
-	for _, n := range r.Config().Networks {
-		if n.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
 // session is one inbound SMTP session.
 type session struct {
 	relay  *Relay
+	conn   *smtp.Conn
 	log    *slog.Logger
 	client string
+	ip     netip.Addr
 	helo   string
+	// user is the authenticated account, if any; failures counts failed
+	// AUTH attempts in this session.
+	user     *users.User
+	failures int
 
 	from    string
 	hasFrom bool
@@ -102,8 +74,10 @@ func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
 	client := c.Conn().RemoteAddr().String()
 	return &session{
 		relay:  r,
+		conn:   c,
 		log:    r.log.With("client", client),
 		client: client,
+		ip:     remoteIP(c.Conn().RemoteAddr()),
 		helo:   c.Hostname(),
 	}, nil
 }
@@ -115,8 +89,17 @@ func (s *session) Reset() {
 func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.relay.Config().Server.AuthRequired && s.user == nil {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
+			Message: "Authentication required (this relay has auth_required = true)"}
+	}
 	if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
 		return err
+	}
+	if s.user != nil && !s.user.MaySend(from) {
+		s.log.Warn("sender refused for user", "from", from)
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "User " + s.user.Name + " may not send as <" + from + ">"}
 	}
 	if from != "" && !strings.Contains(from, "@") {
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},

@@ -38,8 +38,12 @@ type Relay struct {
 	queue  *queue
 	server *smtp.Server
 	ln     net.Listener
+	tlsLn  net.Listener // implicit_tls_listen, if configured
+	conns  connCounter
+	// authFailures slows down password guessing per client address.
+	authFailures failureTracker
 
-	served chan error
+	served chan error // Serve's result, per listener
 	once   sync.Once
 	expiry expiryWarnings
 }
@@ -62,7 +66,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 			Timeout:   cfg.Queue.ConnectTimeout.Duration,
 			Clock:     opts.Clock,
 		},
-		served: make(chan error, 1),
+		served: make(chan error, 2),
 	}
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
@@ -86,10 +90,19 @@ func (r *Relay) Start() error {
 		ln.Close()
 		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
 	}
+	if cfg.Server.ImplicitTLSListen != "" {
+		r.tlsLn, err = net.Listen("tcp", cfg.Server.ImplicitTLSListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (implicit_tls_listen): %w", cfg.Server.ImplicitTLSListen, err)
+		}
+		go func() {
+			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
+		}()
+	}
 	r.queue.start(cfg.Queue.Workers)
 	go func() {
-		err := r.server.Serve(&filterListener{Listener: ln, relay: r})
-		r.served <- err
+		r.served <- r.server.Serve(&filterListener{Listener: ln, relay: r})
 	}()
 	r.log.Info("tlsrelay listening", "addr", ln.Addr().String(), "spool", r.store.Dir(),
 		"destinations", len(cfg.Table.Destinations()), "queued", r.queue.size())
@@ -98,6 +111,14 @@ func (r *Relay) Start() error {
 
 // Addr returns the address the relay listens on.
 func (r *Relay) Addr() net.Addr { return r.ln.Addr() }
+
+// ImplicitTLSAddr returns the implicit TLS listener's address, or nil.
+func (r *Relay) ImplicitTLSAddr() net.Addr {
+	if r.tlsLn == nil {
+		return nil
+	}
+	return r.tlsLn.Addr()
+}
 
 // Shutdown stops accepting, lets open sessions finish (until ctx ends),
 // then stops the workers, giving in-flight deliveries the same grace.

@@ -18,6 +18,8 @@ Usage:
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
+  tlsrelay passwd [-senders P,...] USER
+                                    print an auth_users_file line (password from the terminal or stdin)
   tlsrelay version                  print the version
 
 Without -config, serve and config check use ./tlsrelay.toml, then /etc/tlsrelay/config.toml.
@@ -28,10 +30,10 @@ Flags may be written with - or --. Documentation: README.md.
 const exitUsage = 2
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
@@ -39,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return cmdServe(args[1:], stderr)
+	case "passwd":
+		return cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
 	case "demo":

@@ -18,6 +18,7 @@ import (
 
 	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/sink"
+	"tlsrelay/relay/users"
 )
 
 // binary is the tlsrelay executable built once for the end-to-end tests:
@@ -297,5 +298,43 @@ func TestDemoRunsEndToEnd(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestPasswdPrintsAUsableLine(t *testing.T) {
+	cmd := exec.Command(binary, "passwd", "-senders", "app@x.test,*@y.test", "alice")
+	cmd.Stdin = strings.NewReader("a long enough password\n")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("passwd: %v", err)
+	}
+	line := strings.TrimSpace(string(out))
+	u, err := users.ParseLine(line)
+	if err != nil {
+		t.Fatalf("line %q does not parse: %v", line, err)
+	}
+	if strings.Contains(line, "a long enough password") {
+		t.Fatal("the password itself is in the output")
+	}
+	dir := t.TempDir()
+	f := filepath.Join(dir, "users")
+	os.WriteFile(f, []byte(line+"\n"), 0o600)
+	db, err := users.Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := db.Authenticate("alice", "a long enough password"); !ok {
+		t.Error("the printed hash does not verify the password")
+	}
+	if _, ok := db.Authenticate("alice", "wrong"); ok {
+		t.Error("a wrong password verifies")
+	}
+	if !u.MaySend("x@y.test") || u.MaySend("x@z.test") {
+		t.Errorf("sender patterns %v", u.Senders)
+	}
+	cmd = exec.Command(binary, "passwd", "bob")
+	cmd.Stdin = strings.NewReader("short\n")
+	if err := cmd.Run(); err == nil {
+		t.Error("a too short password was accepted")
 	}
 }

@@ -5,6 +5,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/users"
 )
 
 // Config is the whole configuration file, with defaults filled in.
@@ -33,6 +35,12 @@ type Config struct {
 	Table *policy.Table `toml:"-"`
 	// Networks is AllowedNetworks parsed.
 	Networks []netip.Prefix `toml:"-"`
+	// TLSCert is the inbound certificate, when TLS is configured.
+	TLSCert *tls.Certificate `toml:"-"`
+	// Users are the accounts of auth_users_file, when configured.
+	Users *users.DB `toml:"-"`
+
+	explicitNetworks bool
 }
 
 // Server is the [server] table: the inbound SMTP side.
@@ -45,6 +53,19 @@ type Server struct {
 	ReadTimeout     Duration `toml:"read_timeout"`
 	WriteTimeout    Duration `toml:"write_timeout"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+
+	// Inbound TLS: STARTTLS on listen, and optionally implicit TLS on a
+	// second address.
+	TLSCertFile       string `toml:"tls_cert_file"`
+	TLSKeyFile        string `toml:"tls_key_file"`
+	ImplicitTLSListen string `toml:"implicit_tls_listen"`
+	// Inbound AUTH.
+	AuthUsersFile   string `toml:"auth_users_file"`
+	AuthRequired    bool   `toml:"auth_required"`
+	AuthMaxFailures int    `toml:"auth_max_failures"`
+	// Connection limits; beyond them a client gets 421 and is closed.
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
 }
 
 // Queue is the [queue] table: the spool and the delivery schedule.
@@ -99,7 +120,10 @@ func Default() *Config {
 			MaxRecipients:   100,
 			ReadTimeout:     Duration{5 * time.Minute},
 			WriteTimeout:    Duration{5 * time.Minute},
-			ShutdownTimeout: Duration{30 * time.Second},
+			ShutdownTimeout:     Duration{30 * time.Second},
+			AuthMaxFailures:     3,
+			MaxConnections:      1000,
+			MaxConnectionsPerIP: 100,
 		},
 		Queue: Queue{
 			Dir:               "/var/spool/tlsrelay",
@@ -183,6 +207,7 @@ func Parse(name, src string) (*Config, error) {
 			Msg: "unknown key; check its spelling against config.example.toml"}
 	}
 	c.Path = name
+	c.explicitNetworks = md.IsDefined("server", "allowed_networks")
 	if err := c.check(src); err != nil {
 		return nil, err
 	}
@@ -217,6 +242,9 @@ func (c *Config) check(src string) error {
 	}
 	if s.MaxRecipients <= 0 {
 		return bad("server", "max_recipients", "must be positive")
+	}
+	if err := c.checkInbound(bad); err != nil {
+		return err
 	}
 	q := &c.Queue
 	if q.Dir == "" {

@@ -147,3 +147,52 @@ upstream = "deep:25"
 		}
 	}
 }
+
+func TestOpenRelayGuard(t *testing.T) {
+	dest := "\n[[destination]]\ndomains = [\"example.com\"]\nupstream = \"smtp.example.com:587\"\n"
+	dir := t.TempDir()
+	usersFile := filepath.Join(dir, "users")
+	os.WriteFile(usersFile, []byte("u:$2a$10$vAFEQiIUlH0TMZcrIoN29e3rHQFiyCVwhNVVjC/gPEAkuljtbQkI.\n"), 0o600)
+	cases := []struct {
+		server string
+		ok     bool
+	}{
+		{`listen = "127.0.0.1:2525"`, true},
+		{`listen = "[::1]:2525"`, true},
+		{`listen = "localhost:2525"`, true},
+		{`listen = "0.0.0.0:2525"`, false},
+		{`listen = ":2525"`, false},
+		{"listen = \"0.0.0.0:2525\"\nallowed_networks = [\"127.0.0.0/8\", \"::1/128\"]", false},
+		{"listen = \"0.0.0.0:2525\"\nallowed_networks = [\"10.1.0.0/16\"]", true},
+		{"listen = \"0.0.0.0:2525\"\nauth_required = true\nauth_users_file = \"" + usersFile + "\"", true},
+	}
+	for _, c := range cases {
+		_, err := Parse("t.toml", "[server]\n"+c.server+"\n"+dest)
+		if (err == nil) != c.ok {
+			t.Errorf("%q: err %v, want ok=%v", c.server, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "auth_required = true") {
+			t.Errorf("%q: the refusal does not name the ways out: %v", c.server, err)
+		}
+	}
+}
+
+func TestSecretFilesMustBePrivate(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o644)
+	dest := "\n[[destination]]\ndomains = [\"example.com\"]\nupstream = \"smtp.example.com:587\"\nauth_username = \"u\"\nauth_password_file = \"" + pw + "\"\n"
+	if _, err := Parse("t.toml", dest); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("world-readable password file: %v", err)
+	}
+	os.Chmod(pw, 0o600)
+	if _, err := Parse("t.toml", dest); err != nil {
+		t.Errorf("private password file refused: %v", err)
+	}
+	usersFile := filepath.Join(dir, "users")
+	os.WriteFile(usersFile, []byte("u:$2a$10$vAFEQiIUlH0TMZcrIoN29e3rHQFiyCVwhNVVjC/gPEAkuljtbQkI.\n"), 0o666)
+	src := "[server]\nauth_users_file = \"" + usersFile + "\"\n" + dest
+	if _, err := Parse("t.toml", src); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("world-writable users file: %v", err)
+	}
+}
