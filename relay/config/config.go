@@ -113,13 +113,13 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func Default() *Config {
 	return &Config{
 		Server: Server{
-			Listen:          "127.0.0.1:2525",
-			Hostname:        defaultHostname(),
-			AllowedNetworks: []string{"127.0.0.0/8", "::1/128"},
-			MaxMessageBytes: 25 << 20,
-			MaxRecipients:   100,
-			ReadTimeout:     Duration{5 * time.Minute},
-			WriteTimeout:    Duration{5 * time.Minute},
+			Listen:              "127.0.0.1:2525",
+			Hostname:            defaultHostname(),
+			AllowedNetworks:     []string{"127.0.0.0/8", "::1/128"},
+			MaxMessageBytes:     25 << 20,
+			MaxRecipients:       100,
+			ReadTimeout:         Duration{5 * time.Minute},
+			WriteTimeout:        Duration{5 * time.Minute},
 			ShutdownTimeout:     Duration{30 * time.Second},
 			AuthMaxFailures:     3,
 			MaxConnections:      1000,
