@@ -210,7 +210,6 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 		s.log.Error("cannot read back spool file", "id", p.ID(), "error", err)
 		return errSpool
 	}
-	defer body.Close()
 	cfg := s.relay.Config()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.DeliveryTimeout.Duration)
 	defer cancel()

@@ -4,7 +4,9 @@
 // Layout under the spool directory (all 0700, files 0600):
 //
 //	tmp/      messages being received; never delivered, emptied at start
-//	msg/      committed messages: a header line, the envelope, the body
+//	msg/      committed messages: a magic line, the body, the envelope as a
+//	          JSON trailer (written last, so that anything decided after the
+//	          body arrived, like a DKIM signature, is part of the commit)
 //	state/    per-message delivery state, rewritten atomically
 //	corrupt/  files that failed to decode, kept for a person to look at
 //
@@ -27,6 +29,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -41,6 +44,11 @@ type Envelope struct {
 	Helo       string    `json:"helo,omitempty"`
 	// Bounce marks a delivery status notification the relay generated.
 	Bounce bool `json:"bounce,omitempty"`
+	// Prepend is header text sent before the body, e.g. a DKIM-Signature
+	// computed over the body after it was received.
+	Prepend string `json:"prepend,omitempty"`
+	// Size is the size of the body in bytes.
+	Size int64 `json:"size"`
 }
 
 // Store is a spool directory.
@@ -54,9 +62,13 @@ type Store struct {
 
 const magic = "tlsrelay-spool 1\n"
 
-// maxHeaderBytes bounds the envelope line, so a corrupt file cannot make
-// the decoder read a whole disk into memory.
-const maxHeaderBytes = 4 << 20
+// maxTrailerBytes bounds the envelope trailer, so a corrupt file cannot
+// make the decoder read a whole disk into memory.
+const maxTrailerBytes = 4 << 20
+
+// trailerLenSize is the size of the trailer's last line: 16 hex digits
+// giving the length of the JSON envelope, and a newline.
+const trailerLenSize = 17
 
 // Open opens (creating if needed) the spool at dir. It refuses a directory
 // that others may write to, since they could plant messages.
@@ -134,18 +146,12 @@ func (s *Store) Create(env Envelope) (*Pending, error) {
 	if !validID(env.ID) {
 		return nil, fmt.Errorf("spool: invalid id %q", env.ID)
 	}
-	hdr, err := json.Marshal(env)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(s.tmpDir, env.ID), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(filepath.Join(s.tmpDir, env.ID), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	p := &Pending{store: s, env: env, f: f, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic) + len(hdr) + 1)}
+	p := &Pending{store: s, env: env, f: f, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic))}
 	p.w.WriteString(magic)
-	p.w.Write(hdr)
-	p.w.WriteByte('\n')
 	return p, nil
 }
 
@@ -153,7 +159,15 @@ func (s *Store) Create(env Envelope) (*Pending, error) {
 func (p *Pending) ID() string { return p.env.ID }
 
 // Envelope returns the message's envelope.
-func (p *Pending) Envelope() Envelope { return p.env }
+func (p *Pending) Envelope() Envelope {
+	env := p.env
+	env.Size = p.n
+	return env
+}
+
+// SetPrepend sets header text to send before the body (see
+// Envelope.Prepend); it becomes durable with Commit.
+func (p *Pending) SetPrepend(h string) { p.env.Prepend = h }
 
 // Write appends body bytes.
 func (p *Pending) Write(b []byte) (int, error) {
@@ -167,18 +181,11 @@ func (p *Pending) Size() int64 { return p.n }
 
 // Body flushes what was written and returns a reader of the body, for a
 // message that is delivered at once instead of being committed.
-func (p *Pending) Body() (io.ReadCloser, error) {
+func (p *Pending) Body() (io.Reader, error) {
 	if err := p.w.Flush(); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p.f.Name())
-	if err != nil {
-		return nil, err
-	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.NewSectionReader(f, p.off, p.n), f}, nil
+	return io.MultiReader(strings.NewReader(p.env.Prepend), io.NewSectionReader(p.f, p.off, p.n)), nil
 }
 
 // Commit makes the message durable: when it returns nil, the message
@@ -189,7 +196,14 @@ func (p *Pending) Commit() error {
 	}
 	p.done = true
 	tmp := p.f.Name()
-	err := p.w.Flush()
+	p.env.Size = p.n
+	trailer, err := json.Marshal(p.env)
+	if err == nil {
+		p.w.WriteByte('\n')
+		p.w.Write(trailer)
+		fmt.Fprintf(p.w, "\n%016x\n", len(trailer))
+		err = p.w.Flush()
+	}
 	if err == nil {
 		err = p.f.Sync()
 	}
@@ -226,13 +240,13 @@ func (p *Pending) Abort() {
 type Message struct {
 	Envelope
 	body *os.File
-	off  int64 // where the body starts
 }
 
-// Body returns a reader of the message body from its start. Each call
-// starts again, so a retried delivery re-reads from the beginning.
+// Body returns a reader of the message as it is sent: Prepend, then the
+// body as received. Each call starts again, so a retried delivery re-reads
+// from the beginning.
 func (m *Message) Body() io.Reader {
-	return io.NewSectionReader(m.body, m.off, 1<<62)
+	return io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.body, int64(len(magic)), m.Size))
 }
 
 // Close releases the file.
@@ -247,48 +261,60 @@ func (s *Store) Open(id string) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	env, off, err := DecodeHeader(f)
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	env, err := Decode(f, fi.Size())
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("spool: %s: %w", id, err)
 	}
 	if env.ID != id {
 		f.Close()
-		return nil, fmt.Errorf("spool: %s: header names id %q", id, env.ID)
+		return nil, fmt.Errorf("spool: %s: %w: trailer names id %q", id, ErrCorrupt, env.ID)
 	}
-	return &Message{Envelope: env, body: f, off: off}, nil
+	return &Message{Envelope: env, body: f}, nil
 }
 
 // ErrCorrupt marks a spool file that cannot be decoded.
 var ErrCorrupt = errors.New("corrupt spool file")
 
-// DecodeHeader reads the magic line and the envelope from the start of a
-// spool file and returns the envelope and the offset of the body.
-func DecodeHeader(r io.Reader) (Envelope, int64, error) {
+// Decode reads the envelope of a spool file of the given size: it checks
+// the magic line, then reads the trailer from the end.
+func Decode(r io.ReaderAt, size int64) (Envelope, error) {
 	var env Envelope
-	br := bufio.NewReaderSize(r, 4096)
 	m := make([]byte, len(magic))
-	if _, err := io.ReadFull(br, m); err != nil || string(m) != magic {
-		return env, 0, fmt.Errorf("%w: bad magic", ErrCorrupt)
+	if _, err := r.ReadAt(m, 0); err != nil || string(m) != magic {
+		return env, fmt.Errorf("%w: bad magic", ErrCorrupt)
 	}
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if err == nil {
-			break
-		}
-		if err != bufio.ErrBufferFull || len(line) > maxHeaderBytes {
-			return env, 0, fmt.Errorf("%w: envelope line: %v", ErrCorrupt, err)
-		}
+	if size < int64(len(magic))+1+2+trailerLenSize {
+		return env, fmt.Errorf("%w: too short", ErrCorrupt)
 	}
-	if err := json.Unmarshal(line, &env); err != nil {
-		return env, 0, fmt.Errorf("%w: envelope: %v", ErrCorrupt, err)
+	tail := make([]byte, trailerLenSize)
+	if _, err := r.ReadAt(tail, size-trailerLenSize); err != nil {
+		return env, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
 	}
-	if !validID(env.ID) || len(env.Recipients) == 0 {
-		return env, 0, fmt.Errorf("%w: envelope without id or recipients", ErrCorrupt)
+	n, err := strconv.ParseUint(string(tail[:16]), 16, 32)
+	if err != nil || tail[16] != '\n' || n > maxTrailerBytes {
+		return env, fmt.Errorf("%w: trailer length", ErrCorrupt)
 	}
-	return env, int64(len(magic) + len(line)), nil
+	start := size - trailerLenSize - int64(n) - 2 // the "\n" before the JSON
+	if start < int64(len(magic)) {
+		return env, fmt.Errorf("%w: trailer length beyond the file", ErrCorrupt)
+	}
+	buf := make([]byte, n+2)
+	if _, err := r.ReadAt(buf, start); err != nil || buf[0] != '\n' || buf[n+1] != '\n' {
+		return env, fmt.Errorf("%w: trailer framing", ErrCorrupt)
+	}
+	if err := json.Unmarshal(buf[1:n+1], &env); err != nil {
+		return env, fmt.Errorf("%w: envelope: %v", ErrCorrupt, err)
+	}
+	if !validID(env.ID) || len(env.Recipients) == 0 || env.Size != start-int64(len(magic)) {
+		return env, fmt.Errorf("%w: envelope without id or recipients, or of the wrong size", ErrCorrupt)
+	}
+	return env, nil
 }
 
 // Remove deletes a message and its state. The message goes first: a crash

@@ -35,6 +35,9 @@ func TestCommitOpenRemove(t *testing.T) {
 	}
 	got, _ := io.ReadAll(m.Body())
 	again, _ := io.ReadAll(m.Body())
+	if m.Size != int64(len(body)) {
+		t.Errorf("size %d, want %d", m.Size, len(body))
+	}
 	m.Close()
 	if string(got) != body || string(again) != body {
 		t.Fatalf("body %q then %q, want %q twice", got, again, body)
@@ -152,18 +155,44 @@ func TestGroupCommitCoversEveryCaller(t *testing.T) {
 	t.Logf("64 concurrent commits shared %d directory syncs", s.msgSync.done)
 }
 
-func FuzzDecodeHeader(f *testing.F) {
-	f.Add([]byte(magic + `{"id":"1abc","from":"a@b","rcpt":["c@d"],"received":"2026-01-01T00:00:00Z"}` + "\nbody"))
-	f.Add([]byte(magic + "\n"))
+func FuzzDecode(f *testing.F) {
+	dir := f.TempDir()
+	s, _ := Open(dir)
+	p, _ := s.Create(Envelope{From: "a@b.test", Recipients: []string{"c@d.test"}, Received: time.Unix(0, 0).UTC()})
+	io.WriteString(p, "Subject: x\r\n\r\nbody\r\n")
+	p.SetPrepend("DKIM-Signature: v=1\r\n")
+	p.Commit()
+	good, _ := os.ReadFile(filepath.Join(dir, "msg", p.ID()))
+	f.Add(good)
+	f.Add([]byte(magic))
 	f.Add([]byte("garbage"))
-	f.Add([]byte(magic + `{"id":"../x","rcpt":["c@d"]}` + "\n"))
+	f.Add(append([]byte(magic), "\n{\"id\":\"../x\",\"rcpt\":[\"c@d\"]}\n0000000000000020\n"...))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		env, off, err := DecodeHeader(bytes.NewReader(data))
+		env, err := Decode(bytes.NewReader(data), int64(len(data)))
 		if err != nil {
 			return
 		}
-		if !validID(env.ID) || len(env.Recipients) == 0 || off > int64(len(data)) {
-			t.Fatalf("accepted a bad header: %+v at %d", env, off)
+		if !validID(env.ID) || len(env.Recipients) == 0 || env.Size < 0 || env.Size > int64(len(data)) {
+			t.Fatalf("accepted a bad file: %+v", env)
 		}
 	})
+}
+
+func TestPrependIsSentBeforeTheBody(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	p, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+	io.WriteString(p, "Subject: x\r\n\r\nbody\r\n")
+	p.SetPrepend("DKIM-Signature: test\r\n")
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Open(p.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	got, _ := io.ReadAll(m.Body())
+	if string(got) != "DKIM-Signature: test\r\nSubject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("got %q", got)
+	}
 }
