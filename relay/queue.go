@@ -63,6 +63,10 @@ func (q *queue) recover() error {
 		if err != nil {
 			q.r.log.Warn("queue state unreadable; retrying all pending recipients", "id", id, "error", err)
 		}
+		if st.Held {
+			q.track(id)
+			continue
+		}
 		q.schedule(id, st.NextAttempt.Sub(now))
 	}
 	if len(ids) > 0 {
@@ -80,15 +84,27 @@ func (q *queue) quarantine(id string, err error) {
 // add schedules a message that was just accepted, for now.
 func (q *queue) add(env spool.Envelope) { q.schedule(env.ID, 0) }
 
-// schedule makes id due after d (at once when d <= 0).
-func (q *queue) schedule(id string, d time.Duration) {
+// track makes the queue know id without scheduling it (a held message).
+func (q *queue) track(id string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.itemLocked(id)
+}
+
+func (q *queue) itemLocked(id string) *item {
 	it := q.items[id]
 	if it == nil {
 		it = &item{id: id}
 		q.items[id] = it
 	}
+	return it
+}
+
+// schedule makes id due after d (at once when d <= 0).
+func (q *queue) schedule(id string, d time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	it := q.itemLocked(id)
 	if it.timer != nil {
 		it.timer.Stop()
 		it.timer = nil
@@ -177,15 +193,15 @@ func (q *queue) work() {
 
 		q.mu.Lock()
 		it.running = false
+		q.cond.Broadcast() // a control operation may wait for this item
 		if !keep {
 			delete(q.items, id)
 		} else if it.again {
 			it.again = false
 			q.ready = append(q.ready, id)
-			q.cond.Signal()
 		}
 		q.mu.Unlock()
-		if keep && !q.isClosed() {
+		if keep && !next.IsZero() && !q.isClosed() {
 			q.schedule(id, next.Sub(q.r.now()))
 		}
 	}
@@ -197,9 +213,45 @@ func (q *queue) isClosed() bool {
 	return q.closed
 }
 
+// lease runs fn with exclusive use of message id: it waits for a delivery
+// in flight to finish and keeps workers off the message while fn runs, so
+// an operator's change never races a delivery into a double send or a lost
+// message. fn's scheduling decisions are its own.
+func (q *queue) lease(id string, fn func() error) error {
+	q.mu.Lock()
+	it := q.itemLocked(id)
+	for it.running {
+		q.cond.Wait()
+	}
+	it.running = true
+	if it.timer != nil {
+		it.timer.Stop()
+		it.timer = nil
+	}
+	q.mu.Unlock()
+	err := fn()
+	q.mu.Lock()
+	it.running = false
+	it.again = false
+	q.cond.Broadcast()
+	q.mu.Unlock()
+	return err
+}
+
+// forget drops id from the queue's memory (the spool no longer has it).
+func (q *queue) forget(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if it := q.items[id]; it != nil && it.timer != nil {
+		it.timer.Stop()
+	}
+	delete(q.items, id)
+}
+
 // deliverQueued makes one delivery attempt for every pending recipient of
 // a queued message, grouped by destination. It returns when to try again
-// and whether the message stays in the queue.
+// and whether the message stays in the queue; a zero time with keep means
+// it stays without a timer (held).
 func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) {
 	msg, err := r.store.Open(id)
 	if errors.Is(err, spool.ErrCorrupt) {
@@ -215,6 +267,9 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	st, err := r.store.LoadState(msg.Envelope)
 	if err != nil {
 		r.log.Warn("queue state unreadable; retrying all pending recipients", "id", id, "error", err)
+	}
+	if st.Held {
+		return time.Time{}, true
 	}
 	cfg := r.Config()
 

@@ -43,7 +43,9 @@ type Relay struct {
 	// authFailures slows down password guessing per client address.
 	authFailures failureTracker
 
-	served chan error // Serve's result, per listener
+	served  chan error // Serve's result, per listener
+	unlock  func()     // releases the spool lock
+	control net.Listener
 	once   sync.Once
 	expiry expiryWarnings
 }
@@ -74,6 +76,21 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	return r, nil
 }
 
+// Offline prepares r for queue operations without serving: it takes the
+// spool's lock (failing if a relay runs) and loads the queue. Deliveries
+// are left to the next `serve`.
+func (r *Relay) Offline() (release func(), err error) {
+	unlock, err := r.store.Lock()
+	if err != nil {
+		return nil, err
+	}
+	if err := r.queue.recover(); err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
+}
+
 // Config returns the configuration in force.
 func (r *Relay) Config() *config.Config { return r.cfg.Load() }
 
@@ -81,11 +98,22 @@ func (r *Relay) Config() *config.Config { return r.cfg.Load() }
 // the delivery workers. It returns once the relay accepts connections.
 func (r *Relay) Start() error {
 	cfg := r.Config()
+	unlock, err := r.store.Lock()
+	if err != nil {
+		return err
+	}
+	r.unlock = unlock
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
+		unlock()
 		return fmt.Errorf("listen on %s: %w", cfg.Server.Listen, err)
 	}
 	r.ln = ln
+	if r.control, err = r.listenControl(); err != nil {
+		ln.Close()
+		unlock()
+		return fmt.Errorf("control socket: %w", err)
+	}
 	if err := r.queue.recover(); err != nil {
 		ln.Close()
 		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
@@ -133,6 +161,12 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 			r.server.Close()
 		}
 		r.queue.stop(ctx)
+		if r.control != nil {
+			r.control.Close()
+		}
+		if r.unlock != nil {
+			r.unlock()
+		}
 		r.log.Info("tlsrelay stopped", "queued", r.queue.size())
 	})
 	if errors.Is(err, context.DeadlineExceeded) {

@@ -18,6 +18,8 @@ Usage:
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
+  tlsrelay queue [-config FILE] list|show|retry|hold|release|delete|bounce [ID|-all]
+                                    inspect and change the queue, while the relay runs or not
   tlsrelay passwd [-senders P,...] USER
                                     print an auth_users_file line (password from the terminal or stdin)
   tlsrelay version                  print the version
@@ -41,6 +43,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		return cmdServe(args[1:], stderr)
+	case "queue":
+		return cmdQueue(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":

@@ -154,12 +154,16 @@ func freeAddr(t *testing.T) string {
 
 // plainSend submits over plain SMTP, as a legacy application does.
 func plainSend(addr, to, body string) error {
+	return plainSendFrom(addr, "app@legacy.test", to, body)
+}
+
+func plainSendFrom(addr, from, to, body string) error {
 	c, err := smtp.Dial(addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	return c.SendMail("app@legacy.test", []string{to}, strings.NewReader(body))
+	return c.SendMail(from, []string{to}, strings.NewReader(body))
 }
 
 func TestBinaryRelaysAndStopsCleanly(t *testing.T) {

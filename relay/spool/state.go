@@ -59,6 +59,8 @@ type State struct {
 	History     []Attempt   `json:"history,omitempty"`
 	// DelayNotified is set once a "delayed" DSN went to the sender.
 	DelayNotified bool `json:"delay_notified,omitempty"`
+	// Held messages are never attempted until released (tlsrelay queue hold).
+	Held bool `json:"held,omitempty"`
 }
 
 // AddAttempt records an attempt, keeping the newest few.
