@@ -46,8 +46,8 @@ type Relay struct {
 	served  chan error // Serve's result, per listener
 	unlock  func()     // releases the spool lock
 	control net.Listener
-	once   sync.Once
-	expiry expiryWarnings
+	once    sync.Once
+	expiry  expiryWarnings
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
