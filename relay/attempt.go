@@ -47,7 +47,8 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body io.Reader, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
-	conn, err := r.dialer.Dial(ctx, dest)
+	defer r.countAttempt(env, o)
+	conn, err := r.dialer().Dial(ctx, dest)
 	if err != nil {
 		o.failure = asFailure(dest, err)
 		logFailure(log, "delivery attempt failed", o.failure)
@@ -71,6 +72,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		log.Info("delivered", "tls_version", tls.VersionName(conn.TLS.Version),
 			"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "refused", len(res.Refused), "reply", res.Reply)
 		r.warnExpiry(conn)
+		r.recordExpiry(conn)
 	}
 	return o
 }
@@ -164,4 +166,26 @@ func clip(s string, n int) string {
 		return s[:n-3] + "..."
 	}
 	return s
+}
+
+func (r *Relay) countReject(reason string) {
+	r.metrics.Rejected.WithLabelValues(reason).Inc()
+}
+
+// countAttempt records an attempt in the metrics: its result, a TLS
+// failure's class, and for a delivery the time since acceptance.
+func (r *Relay) countAttempt(env spool.Envelope, o *outcome) {
+	name := o.dest.Name()
+	switch {
+	case o.failure != nil:
+		r.metrics.Attempts.WithLabelValues(name, string(o.failure.Class)).Inc()
+		if o.failure.Class.IsTLS() {
+			r.metrics.TLSFailures.WithLabelValues(name, string(o.failure.Class)).Inc()
+		}
+	case o.delivered:
+		r.metrics.Attempts.WithLabelValues(name, "delivered").Inc()
+		r.metrics.DeliveryLatency.WithLabelValues(name).Observe(r.now().Sub(env.Received).Seconds())
+	default:
+		r.metrics.Attempts.WithLabelValues(name, "refused").Inc()
+	}
 }

@@ -64,6 +64,7 @@ func (s *session) login(db *users.DB, identity, name, password string) error {
 	}
 	// Never the password, and the delay grows with the failures seen from
 	// this address, so guessing is slow.
+	s.relay.countReject("auth_failed")
 	delay := s.relay.authFailures.fail(s.ip)
 	s.failures++
 	s.log.Warn("authentication failed", "user", name, "session_failures", s.failures, "delay", delay.String())

@@ -48,3 +48,16 @@ func (r *Relay) warnExpiry(conn *upstream.Conn) {
 		"days_left", int(soonest.NotAfter.Sub(now).Hours()/24),
 		"fix", "renew the certificate on "+conn.Dest.ServerName+" before "+soonest.NotAfter.UTC().Format("2006-01-02"))
 }
+
+// recordExpiry exports the earliest notAfter of a verified upstream chain.
+func (r *Relay) recordExpiry(conn *upstream.Conn) {
+	var earliest time.Time
+	for _, c := range conn.TLS.PeerCertificates {
+		if earliest.IsZero() || c.NotAfter.Before(earliest) {
+			earliest = c.NotAfter
+		}
+	}
+	if !earliest.IsZero() {
+		r.metrics.CertExpiry.WithLabelValues(conn.Dest.Name(), conn.Dest.Upstream).Set(float64(earliest.Unix()))
+	}
+}

@@ -30,7 +30,7 @@ func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
 	s.WriteTimeout = cfg.Server.WriteTimeout.Duration
 	s.ErrorLog = log.New(slogWriter{r.log}, "", 0)
 	if cfg.TLSCert != nil {
-		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*cfg.TLSCert}, MinVersion: tls.VersionTLS12}
+		s.TLSConfig = &tls.Config{GetCertificate: r.inboundCertificate, MinVersion: tls.VersionTLS12}
 	}
 	// AUTH is offered by the session itself, only on TLS or loopback
 	// connections (see session.AuthMechanisms); go-smtp's own TLS-only rule
@@ -90,14 +90,17 @@ func (s *session) Logout() error { return nil }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.relay.Config().Server.AuthRequired && s.user == nil {
+		s.relay.countReject("auth_required")
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "Authentication required (this relay has auth_required = true)"}
 	}
 	if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
+		s.relay.countReject("invalid_address")
 		return err
 	}
 	if s.user != nil && !s.user.MaySend(from) {
 		s.log.Warn("sender refused for user", "from", from)
+		s.relay.countReject("sender_not_allowed")
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 			Message: "User " + s.user.Name + " may not send as <" + from + ">"}
 	}
@@ -131,6 +134,7 @@ func checkAddress(addr string, utf8 bool) error {
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := checkAddress(to, s.utf8); err != nil {
+		s.relay.countReject("invalid_address")
 		return err
 	}
 	at := strings.LastIndexByte(to, '@')
@@ -142,6 +146,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	dest := s.relay.lookup(domain)
 	if dest == nil {
 		s.log.Info("recipient refused: no destination for domain", "domain", domain)
+		s.relay.countReject("no_destination")
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 			Message: "Relaying to " + domain + " denied: no [[destination]] in this relay's policy claims that domain"}
 	}
@@ -173,11 +178,13 @@ func (s *session) Data(r io.Reader) error {
 		p.Abort()
 		if errors.Is(err, linecheck.ErrBareLineEnding) {
 			s.log.Warn("message refused: bare CR or LF in data (possible SMTP smuggling)", "id", p.ID())
+			s.relay.countReject("bare_line_ending")
 			return errBareLineEnding
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			s.log.Info("message refused", "id", p.ID(), "reason", se.Message)
+			s.relay.countReject("too_large")
 			return se // too large: go-smtp's own 552
 		}
 		if isReadError(err) {
@@ -194,6 +201,7 @@ func (s *session) Data(r io.Reader) error {
 		return errSpool
 	}
 	s.log.Info("message accepted", "id", p.ID(), "from", env.From, "rcpts", len(env.Recipients), "bytes", p.Size())
+	s.relay.metrics.Accepted.Inc()
 	s.relay.queue.add(p.Envelope())
 	// go-smtp answers DATA with the code and text of a returned SMTPError;
 	// a 250 one is how the reply carries the queue id.
@@ -215,6 +223,11 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	defer cancel()
 	env := p.Envelope()
 	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
+	if out.failure == nil && len(out.refused) == 0 && out.delivered {
+		s.relay.metrics.Accepted.Inc()
+	} else {
+		s.relay.countReject("delivery_failed")
+	}
 	return out.reply()
 }
 

@@ -42,11 +42,13 @@ func (l *filterListener) Accept() (net.Conn, error) {
 		ip := remoteIP(c.RemoteAddr())
 		if !r.allowed(ip) {
 			r.log.Warn("connection refused: client not in allowed_networks", "client", c.RemoteAddr().String())
+			r.countReject("network_not_allowed")
 			go refuse(c, "554 5.7.1 Your address is not allowed to use this relay (allowed_networks)")
 			continue
 		}
 		if reason := r.conns.acquire(ip, r.Config().Server.MaxConnections, r.Config().Server.MaxConnectionsPerIP); reason != "" {
 			r.log.Warn("connection refused: "+reason, "client", c.RemoteAddr().String())
+			r.countReject("connection_limit")
 			go refuse(c, "421 4.7.0 Too many connections ("+reason+"); try again later")
 			continue
 		}

@@ -30,7 +30,8 @@ type queue struct {
 }
 
 type item struct {
-	id      string
+	id       string
+	received time.Time // for the oldest-message metric
 	timer   *time.Timer
 	running bool
 	// again is set when the message became due while a worker had it.
@@ -60,6 +61,7 @@ func (q *queue) recover() error {
 		}
 		st, err := q.r.store.LoadState(msg.Envelope)
 		msg.Close()
+		q.note(id, msg.Received)
 		if err != nil {
 			q.r.log.Warn("queue state unreadable; retrying all pending recipients", "id", id, "error", err)
 		}
@@ -82,7 +84,30 @@ func (q *queue) quarantine(id string, err error) {
 }
 
 // add schedules a message that was just accepted, for now.
-func (q *queue) add(env spool.Envelope) { q.schedule(env.ID, 0) }
+func (q *queue) add(env spool.Envelope) {
+	q.note(env.ID, env.Received)
+	q.schedule(env.ID, 0)
+}
+
+// note records when a message was received.
+func (q *queue) note(id string, received time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.itemLocked(id).received = received
+}
+
+// stats returns the number of queued messages and the oldest one's time.
+func (q *queue) stats() (int, time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var oldest time.Time
+	for _, it := range q.items {
+		if !it.received.IsZero() && (oldest.IsZero() || it.received.Before(oldest)) {
+			oldest = it.received
+		}
+	}
+	return len(q.items), oldest
+}
 
 // track makes the queue know id without scheduling it (a held message).
 func (q *queue) track(id string) {

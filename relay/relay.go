@@ -13,10 +13,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"net/http"
+
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/metrics"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
@@ -27,6 +30,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Clock is the time used to verify certificates; nil means now.
 	Clock policy.Clock
+	// Level, if set, is the logger's level, changed on reload.
+	Level *slog.LevelVar
 }
 
 // Relay is a running tlsrelay.
@@ -34,7 +39,8 @@ type Relay struct {
 	cfg    atomic.Pointer[config.Config]
 	log    *slog.Logger
 	store  *spool.Store
-	dialer *upstream.Dialer
+	clock  policy.Clock
+	level  *slog.LevelVar
 	queue  *queue
 	server *smtp.Server
 	ln     net.Listener
@@ -42,6 +48,10 @@ type Relay struct {
 	conns  connCounter
 	// authFailures slows down password guessing per client address.
 	authFailures failureTracker
+	metrics      *metrics.Metrics
+	metricsSrv   *http.Server
+	metricsAddr  net.Addr
+	stopping     atomic.Bool
 
 	served  chan error // Serve's result, per listener
 	unlock  func()     // releases the spool lock
@@ -61,17 +71,15 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 		return nil, err
 	}
 	r := &Relay{
-		log:   opts.Logger,
-		store: store,
-		dialer: &upstream.Dialer{
-			LocalName: cfg.Server.Hostname,
-			Timeout:   cfg.Queue.ConnectTimeout.Duration,
-			Clock:     opts.Clock,
-		},
+		log:    opts.Logger,
+		store:  store,
+		clock:  opts.Clock,
+		level:  opts.Level,
 		served: make(chan error, 2),
 	}
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
+	r.metrics = metrics.New(r.queue.stats)
 	r.server = r.newServer(cfg)
 	return r, nil
 }
@@ -128,6 +136,14 @@ func (r *Relay) Start() error {
 			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
 		}()
 	}
+	if cfg.Metrics.Listen != "" {
+		if err := r.serveMetrics(cfg.Metrics.Listen); err != nil {
+			ln.Close()
+			r.control.Close()
+			unlock()
+			return fmt.Errorf("metrics listener %s: %w", cfg.Metrics.Listen, err)
+		}
+	}
 	r.queue.start(cfg.Queue.Workers)
 	go func() {
 		r.served <- r.server.Serve(&filterListener{Listener: ln, relay: r})
@@ -155,6 +171,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	var err error
 	r.once.Do(func() {
 		r.log.Info("tlsrelay shutting down")
+		r.stopping.Store(true)
 		err = r.server.Shutdown(ctx)
 		if errors.Is(err, context.DeadlineExceeded) {
 			r.log.Warn("sessions still open at shutdown deadline; closing them (their clients had no 250 and will retry)")
@@ -163,6 +180,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		r.queue.stop(ctx)
 		if r.control != nil {
 			r.control.Close()
+		}
+		if r.metricsSrv != nil {
+			r.metricsSrv.Close()
 		}
 		if r.unlock != nil {
 			r.unlock()
@@ -187,8 +207,14 @@ func (r *Relay) lookup(domain string) *policy.Destination {
 }
 
 func (r *Relay) now() time.Time {
-	if r.dialer.Clock != nil {
-		return r.dialer.Clock()
+	if r.clock != nil {
+		return r.clock()
 	}
 	return time.Now()
+}
+
+// dialer returns an upstream dialer for the configuration in force.
+func (r *Relay) dialer() *upstream.Dialer {
+	cfg := r.Config()
+	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock}
 }

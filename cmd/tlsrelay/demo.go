@@ -88,7 +88,7 @@ func runDemo(listen string, once bool, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr, "info", "auto")
+	log, _ := newLogger(stderr, "info", "auto")
 	r, err := relay.New(cfg, relay.Options{Logger: log})
 	if err != nil {
 		return err

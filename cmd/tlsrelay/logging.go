@@ -10,9 +10,12 @@ import (
 
 // newLogger builds the process logger: tint's readable colour lines on a
 // terminal, JSON lines otherwise (for log collectors), or as configured.
-func newLogger(w io.Writer, level, format string) *slog.Logger {
-	var lv slog.Level
-	lv.UnmarshalText([]byte(level)) // validated by config; "info" on error
+// The returned LevelVar changes the level later (on reload).
+func newLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
+	var l slog.Level
+	l.UnmarshalText([]byte(level)) // validated by config; "info" on error
+	lv.Set(l)
 	if format == "auto" {
 		format = "json"
 		if isTerminal(w) {
@@ -21,11 +24,11 @@ func newLogger(w io.Writer, level, format string) *slog.Logger {
 	}
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv}))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv})), lv
 	case "text":
-		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, NoColor: true, TimeFormat: "2006-01-02T15:04:05.000Z07:00"}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, NoColor: true, TimeFormat: "2006-01-02T15:04:05.000Z07:00"})), lv
 	default:
-		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000"}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000"})), lv
 	}
 }
 

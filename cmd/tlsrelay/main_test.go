@@ -96,6 +96,7 @@ func startBinary(t *testing.T, cfg string, env ...string) *proc {
 }
 
 type upstreamFixture struct {
+	ca     *certgen.CA
 	caFile string
 	leaf   *certgen.Issued
 }
@@ -114,7 +115,7 @@ func newUpstreamFixture(t *testing.T) *upstreamFixture {
 	if err := certgen.WriteCertFile(caFile, ca.Cert); err != nil {
 		t.Fatal(err)
 	}
-	return &upstreamFixture{caFile: caFile, leaf: leaf}
+	return &upstreamFixture{ca: ca, caFile: caFile, leaf: leaf}
 }
 
 func writeConfig(t *testing.T, spool, upstream, caFile string) string {

@@ -97,10 +97,10 @@ func cmdServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "tlsrelay: configuration not loaded:", err)
 		return 1
 	}
-	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log, level := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	log.Info("configuration loaded", "file", path, "how", how)
 
-	r, err := relay.New(cfg, relay.Options{Logger: log})
+	r, err := relay.New(cfg, relay.Options{Logger: log, Level: level})
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -110,16 +110,25 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return 1
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-	select {
-	case s := <-sigs:
-		log.Info("signal received", "signal", s.String())
-	case err := <-r.Done():
-		log.Error("SMTP server stopped", "error", err)
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
-		defer cancel()
-		r.Shutdown(ctx)
-		return 1
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				log.Info("SIGHUP: reloading the configuration", "file", path)
+				r.ReloadFile(path)
+				continue
+			}
+			log.Info("signal received", "signal", s.String())
+			break wait
+		case err := <-r.Done():
+			log.Error("SMTP server stopped", "error", err)
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
+			defer cancel()
+			r.Shutdown(ctx)
+			return 1
+		}
 	}
 	signal.Stop(sigs)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)

@@ -27,6 +27,7 @@ type Config struct {
 	Server      Server        `toml:"server"`
 	Queue       Queue         `toml:"queue"`
 	Log         Log           `toml:"log"`
+	Metrics     Metrics       `toml:"metrics"`
 	Destination []policy.Spec `toml:"destination"`
 
 	// Path is the file the configuration was read from.
@@ -82,6 +83,12 @@ type Queue struct {
 	// upstream certificate about to expire (0: off).
 	DelayWarning      Duration `toml:"delay_warning"`
 	CertExpiryWarning Duration `toml:"cert_expiry_warning"`
+}
+
+// Metrics is the [metrics] table.
+type Metrics struct {
+	// Listen is where /metrics, /healthz and /readyz are served; empty: off.
+	Listen string `toml:"listen"`
 }
 
 // Log is the [log] table.
@@ -245,6 +252,11 @@ func (c *Config) check(src string) error {
 	}
 	if err := c.checkInbound(bad); err != nil {
 		return err
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			return bad("metrics", "listen", "%q is not host:port; write e.g. \"127.0.0.1:9025\"", c.Metrics.Listen)
+		}
 	}
 	q := &c.Queue
 	if q.Dir == "" {

@@ -1,0 +1,75 @@
+// Package metrics defines tlsrelay's Prometheus metrics and serves them
+// with the health probes a container platform expects. The exposition
+// format comes from prometheus/client_golang, the reference library, so
+// names, types and escaping are exactly what Prometheus parses.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the relay's counters, gauges and histograms.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Accepted         prometheus.Counter
+	Rejected         *prometheus.CounterVec // reason
+	Attempts         *prometheus.CounterVec // destination, result
+	TLSFailures      *prometheus.CounterVec // destination, class
+	DeliveryLatency  *prometheus.HistogramVec
+	CertExpiry       *prometheus.GaugeVec // destination, upstream
+	Reloads          *prometheus.CounterVec
+	LastReload       prometheus.Gauge
+	LastReloadResult prometheus.Gauge
+}
+
+// QueueStats reports the queue's size and its oldest message, at scrape.
+type QueueStats func() (size int, oldest time.Time)
+
+// New creates the metrics. queue is called at every scrape.
+func New(queue QueueStats) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "tlsrelay_messages_accepted_total",
+			Help: "Messages accepted from clients (answered 250)."}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_messages_rejected_total",
+			Help: "Messages, recipients or connections refused at the front door, by reason."}, []string{"reason"}),
+		Attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_delivery_attempts_total",
+			Help: "Delivery attempts by destination and result (delivered, or the failure class)."}, []string{"destination", "result"}),
+		TLSFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_tls_failures_total",
+			Help: "Upstream TLS verification failures by destination and class."}, []string{"destination", "class"}),
+		DeliveryLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "tlsrelay_delivery_latency_seconds",
+			Help:    "Time from acceptance to the upstream's 250, per destination.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400, 86400}},
+			[]string{"destination"}),
+		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_upstream_cert_earliest_expiry_timestamp_seconds",
+			Help: "Earliest notAfter (Unix seconds) in the chain last verified for each upstream."}, []string{"destination", "upstream"}),
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_config_reloads_total",
+			Help: "Configuration reloads (SIGHUP) by result."}, []string{"result"}),
+		LastReload: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tlsrelay_config_last_reload_timestamp_seconds",
+			Help: "When the configuration was last loaded or reloaded (Unix seconds)."}),
+		LastReloadResult: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tlsrelay_config_last_reload_successful",
+			Help: "1 if the last configuration reload succeeded, 0 if it was refused."}),
+	}
+	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
+		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
+	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_oldest_message_age_seconds",
+		Help: "Age of the oldest message in the queue (0 when empty)."}, func() float64 {
+		_, t := queue()
+		if t.IsZero() {
+			return 0
+		}
+		return time.Since(t).Seconds()
+	})
+	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Reloads.WithLabelValues("success")
+	m.Reloads.WithLabelValues("failure")
+	m.LastReload.SetToCurrentTime()
+	m.LastReloadResult.Set(1)
+	return m
+}
