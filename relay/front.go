@@ -16,6 +16,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/dsn"
 	"tlsrelay/relay/linecheck"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/users"
@@ -193,6 +194,11 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Error("cannot write spool file", "id", p.ID(), "error", err)
 		return errSpool
 	}
+	if err := s.sign(p); err != nil {
+		p.Abort()
+		s.log.Error("DKIM signing failed", "id", p.ID(), "error", err)
+		return errSpool
+	}
 	if s.reject != nil {
 		return s.deliverNow(p, s.reject)
 	}
@@ -206,6 +212,32 @@ func (s *session) Data(r io.Reader) error {
 	// go-smtp answers DATA with the code and text of a returned SMTPError;
 	// a 250 one is how the reply carries the queue id.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK queued as " + p.ID()}
+}
+
+// sign adds a DKIM signature when a [[dkim]] entry covers the From:
+// domain, over the bytes as they will be sent, before the message is
+// committed or delivered.
+func (s *session) sign(p *spool.Pending) error {
+	signer := s.relay.Config().Signer
+	if signer == nil {
+		return nil
+	}
+	body, err := p.Body()
+	if err != nil {
+		return err
+	}
+	headers := dsn.ReadHeaders(body)
+	body, err = p.Body()
+	if err != nil {
+		return err
+	}
+	sig, domain, err := signer.Sign(headers, body)
+	if err != nil || sig == "" {
+		return err
+	}
+	p.SetPrepend(sig)
+	s.log.Debug("DKIM signed", "id", p.ID(), "d", domain)
+	return nil
 }
 
 // deliverNow delivers a reject-mode transaction before answering DATA.

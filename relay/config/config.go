@@ -19,6 +19,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/signing"
 	"tlsrelay/relay/users"
 )
 
@@ -29,6 +30,7 @@ type Config struct {
 	Log         Log           `toml:"log"`
 	Metrics     Metrics       `toml:"metrics"`
 	Destination []policy.Spec `toml:"destination"`
+	DKIM        []signing.Spec `toml:"dkim"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -40,6 +42,8 @@ type Config struct {
 	TLSCert *tls.Certificate `toml:"-"`
 	// Users are the accounts of auth_users_file, when configured.
 	Users *users.DB `toml:"-"`
+	// Signer holds the DKIM keys of the [[dkim]] entries.
+	Signer *signing.Signer `toml:"-"`
 
 	explicitNetworks bool
 }
@@ -311,6 +315,13 @@ func (c *Config) check(src string) error {
 		return &Error{File: c.Path, Msg: err.Error()}
 	}
 	c.Table = t
+	if len(c.DKIM) > 0 {
+		signer, err := signing.Load(c.DKIM)
+		if err != nil {
+			return &Error{File: c.Path, Line: lineOf(src, "dkim", 0, "domain"), Msg: err.Error()}
+		}
+		c.Signer = signer
+	}
 	return nil
 }
 
