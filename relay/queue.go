@@ -32,8 +32,8 @@ type queue struct {
 type item struct {
 	id       string
 	received time.Time // for the oldest-message metric
-	timer   *time.Timer
-	running bool
+	timer    *time.Timer
+	running  bool
 	// again is set when the message became due while a worker had it.
 	again bool
 }

@@ -25,11 +25,11 @@ import (
 
 // Config is the whole configuration file, with defaults filled in.
 type Config struct {
-	Server      Server        `toml:"server"`
-	Queue       Queue         `toml:"queue"`
-	Log         Log           `toml:"log"`
-	Metrics     Metrics       `toml:"metrics"`
-	Destination []policy.Spec `toml:"destination"`
+	Server      Server         `toml:"server"`
+	Queue       Queue          `toml:"queue"`
+	Log         Log            `toml:"log"`
+	Metrics     Metrics        `toml:"metrics"`
+	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
 
 	// Path is the file the configuration was read from.
