@@ -69,6 +69,9 @@ type Destination struct {
 	AuthPassword    Secret
 	ClientCert      *tls.Certificate
 	spec            Spec
+	// sessions lets reconnections resume TLS sessions (verification still
+	// runs on every resumed connection, see ClientConfig).
+	sessions tls.ClientSessionCache
 }
 
 // Spec returns the configuration the destination was compiled from.
@@ -93,7 +96,7 @@ func fieldErr(key, format string, args ...any) *FieldError {
 // (ca_file, client certificates, password files) are read now, so a
 // destination that compiles can be used without further surprises.
 func Compile(s Spec) (*Destination, error) {
-	d := &Destination{spec: s}
+	d := &Destination{spec: s, sessions: tls.NewLRUClientSessionCache(64)}
 	if len(s.Domains) == 0 {
 		return nil, fieldErr("domains", `at least one recipient domain is required, e.g. domains = ["example.com", ".example.com"]`)
 	}

@@ -40,6 +40,7 @@ func (d *Destination) ClientConfig(clock Clock) *tls.Config {
 		InsecureSkipVerify: true, // see VerifyConnection: full verification happens there
 		VerifyConnection:   v.verify,
 		Time:               clock,
+		ClientSessionCache: d.sessions,
 	}
 	if d.ClientCert != nil {
 		cfg.Certificates = []tls.Certificate{*d.ClientCert}

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/spool"
+	"tlsrelay/relay/upstream"
 )
 
 // outcome is the result of one delivery attempt of one message to one
@@ -48,17 +50,30 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
 	defer r.countAttempt(env, o)
-	conn, err := r.dialer().Dial(ctx, dest)
+	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)
 	if err != nil {
 		o.failure = asFailure(dest, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
 	}
-	defer conn.Close()
+	res, err := conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+	if reused && errors.Is(err, upstream.ErrConnStale) {
+		// The upstream closed the idle connection; nothing of this message
+		// was sent, so it goes once more over a freshly verified one.
+		conn.Close()
+		log.Debug("reused connection was stale; reconnecting")
+		if conn, err = r.dialer().Dial(ctx, dest); err != nil {
+			o.failure = asFailure(dest, err)
+			logFailure(log, "delivery attempt failed", o.failure)
+			return o
+		}
+		reused = false
+		res, err = conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+	}
 	o.tls = conn.TLS
-	res, err := conn.Send(env.From, rcpts, body, allOrNothing)
 	o.refused = res.Refused
 	if err != nil {
+		conn.Close()
 		o.failure = asFailure(dest, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
@@ -70,10 +85,13 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	}
 	if o.delivered {
 		log.Info("delivered", "tls_version", tls.VersionName(conn.TLS.Version),
-			"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "refused", len(res.Refused), "reply", res.Reply)
+			"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "reused_connection", reused, "refused", len(res.Refused), "reply", res.Reply)
+	}
+	if !reused {
 		r.warnExpiry(conn)
 		r.recordExpiry(conn)
 	}
+	r.pool.Put(conn)
 	return o
 }
 

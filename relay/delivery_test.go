@@ -316,3 +316,36 @@ func TestAuthenticatesOnlyAfterVerifiedTLS(t *testing.T) {
 		t.Error("the password appears in the log")
 	}
 }
+
+// TestReusesVerifiedConnections sends several messages one after another:
+// they share one verified connection; a connection the upstream closed
+// while idle is replaced without losing or failing a message.
+func TestReusesVerifiedConnections(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate(), IdleTimeout: 300 * time.Millisecond})
+	tr := startRelay(t, baseConfig(t.TempDir())+destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
+	for i := 1; i <= 4; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatal(err)
+		}
+		if !up.Wait(i, 10*time.Second) {
+			t.Fatalf("message %d not delivered", i)
+		}
+	}
+	if n := up.Sessions(); n != 1 {
+		t.Errorf("4 messages used %d connections, want 1", n)
+	}
+	time.Sleep(600 * time.Millisecond) // the upstream closes the idle connection
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatal(err)
+	}
+	if !up.Wait(5, 10*time.Second) {
+		t.Fatal("message after the upstream closed the idle connection not delivered")
+	}
+	if n := up.Sessions(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+	if strings.Contains(tr.logs.String(), "delivery attempt failed") {
+		t.Errorf("a stale pooled connection surfaced as a failure:\n%s", tr.logs.String())
+	}
+}

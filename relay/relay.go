@@ -49,6 +49,7 @@ type Relay struct {
 	// authFailures slows down password guessing per client address.
 	authFailures failureTracker
 	metrics      *metrics.Metrics
+	pool         *upstream.Pool
 	metricsSrv   *http.Server
 	metricsAddr  net.Addr
 	stopping     atomic.Bool
@@ -79,6 +80,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	}
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
+	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages)
 	r.metrics = metrics.New(r.queue.stats)
 	r.server = r.newServer(cfg)
 	return r, nil
@@ -178,6 +180,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 			r.server.Close()
 		}
 		r.queue.stop(ctx)
+		r.pool.Close()
 		if r.control != nil {
 			r.control.Close()
 		}

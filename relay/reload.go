@@ -48,6 +48,8 @@ func (r *Relay) Reload(next *config.Config) {
 	keep("server.implicit_tls_listen", &next.Server.ImplicitTLSListen, &cur.Server.ImplicitTLSListen)
 	keep("queue.dir", &next.Queue.Dir, &cur.Queue.Dir)
 	keep("queue.workers", &next.Queue.Workers, &cur.Queue.Workers)
+	keep("queue.upstream_idle_timeout", &next.Queue.UpstreamIdleTimeout, &cur.Queue.UpstreamIdleTimeout)
+	keep("queue.upstream_max_messages", &next.Queue.UpstreamMaxMessages, &cur.Queue.UpstreamMaxMessages)
 	keep("metrics.listen", &next.Metrics.Listen, &cur.Metrics.Listen)
 	if (next.TLSCert == nil) != (cur.TLSCert == nil) {
 		// STARTTLS is offered or not from the start; a new certificate for

@@ -87,6 +87,11 @@ type Queue struct {
 	// upstream certificate about to expire (0: off).
 	DelayWarning      Duration `toml:"delay_warning"`
 	CertExpiryWarning Duration `toml:"cert_expiry_warning"`
+	// Verified upstream connections are kept open this long between
+	// messages (0: a new connection per delivery), for at most this many
+	// messages each.
+	UpstreamIdleTimeout Duration `toml:"upstream_idle_timeout"`
+	UpstreamMaxMessages int      `toml:"upstream_max_messages"`
 }
 
 // Metrics is the [metrics] table.
@@ -137,15 +142,17 @@ func Default() *Config {
 			MaxConnectionsPerIP: 100,
 		},
 		Queue: Queue{
-			Dir:               "/var/spool/tlsrelay",
-			RetryMin:          Duration{30 * time.Second},
-			RetryMax:          Duration{30 * time.Minute},
-			MaxAge:            Duration{72 * time.Hour},
-			Workers:           16,
-			ConnectTimeout:    Duration{30 * time.Second},
-			DeliveryTimeout:   Duration{10 * time.Minute},
-			DelayWarning:      Duration{4 * time.Hour},
-			CertExpiryWarning: Duration{30 * 24 * time.Hour},
+			Dir:                 "/var/spool/tlsrelay",
+			RetryMin:            Duration{30 * time.Second},
+			RetryMax:            Duration{30 * time.Minute},
+			MaxAge:              Duration{72 * time.Hour},
+			Workers:             16,
+			ConnectTimeout:      Duration{30 * time.Second},
+			DeliveryTimeout:     Duration{10 * time.Minute},
+			DelayWarning:        Duration{4 * time.Hour},
+			CertExpiryWarning:   Duration{30 * 24 * time.Hour},
+			UpstreamIdleTimeout: Duration{30 * time.Second},
+			UpstreamMaxMessages: 100,
 		},
 		Log: Log{Level: "info", Format: "auto"},
 	}
@@ -274,6 +281,9 @@ func (c *Config) check(src string) error {
 	}
 	if q.MaxAge.Duration <= 0 {
 		return bad("queue", "max_age", "must be more than 0")
+	}
+	if q.UpstreamMaxMessages <= 0 {
+		return bad("queue", "upstream_max_messages", "must be positive")
 	}
 	if q.Workers <= 0 || q.Workers > 1024 {
 		return bad("queue", "workers", "must be between 1 and 1024")

@@ -49,6 +49,9 @@ type Options struct {
 	Discard bool
 	// OnMessage, if set, is called for every message received.
 	OnMessage func(Message)
+	// IdleTimeout closes a connection idle this long (default 1 minute),
+	// as real servers do.
+	IdleTimeout time.Duration
 }
 
 // Sink is a running SMTP server that keeps what it receives.
@@ -60,6 +63,7 @@ type Sink struct {
 	mu       sync.Mutex
 	messages []Message
 	count    int
+	sessions int
 	arrived  chan struct{}
 }
 
@@ -78,6 +82,9 @@ func Start(o Options) (*Sink, error) {
 	srv.Domain = o.Hostname
 	srv.MaxMessageBytes = 1 << 30
 	srv.ReadTimeout = time.Minute
+	if o.IdleTimeout > 0 {
+		srv.ReadTimeout = o.IdleTimeout
+	}
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = discardLogger{}
 	var tcfg *tls.Config
@@ -107,7 +114,7 @@ func Start(o Options) (*Sink, error) {
 	}
 	srv.AllowInsecureAuth = false
 	s.server, s.ln = srv, ln
-	go srv.Serve(ln)
+	go srv.Serve(&countingListener{Listener: ln, sink: s})
 	return s, nil
 }
 
@@ -122,6 +129,29 @@ func (s *Sink) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Message(nil), s.messages...)
+}
+
+// countingListener counts the connections the sink accepts.
+type countingListener struct {
+	net.Listener
+	sink *Sink
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.sink.mu.Lock()
+		l.sink.sessions++
+		l.sink.mu.Unlock()
+	}
+	return c, err
+}
+
+// Sessions returns the number of connections accepted so far.
+func (s *Sink) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessions
 }
 
 // Count returns the number of messages received, kept or discarded.

@@ -1,10 +1,12 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -26,11 +28,15 @@ type Result struct {
 // lost); recipients refused one by one are in Result.Refused. With
 // allOrNothing, one refused recipient ends the transaction before DATA,
 // so that nothing is delivered unless everything can be.
-func (c *Conn) Send(from string, rcpts []string, body io.Reader, allOrNothing bool) (Result, error) {
+func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body io.Reader, allOrNothing bool) (Result, error) {
 	res := Result{Refused: map[string]*policy.Failure{}}
+	// go-smtp bounds each command itself; ctx ends a delivery early (at
+	// shutdown, or delivery_timeout) by interrupting the I/O in progress.
+	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if c.sent > 0 {
 		if err := c.client.Reset(); err != nil {
-			return res, smtpFailure(c.Dest, "RSET", err)
+			return res, smtpFailure(c.Dest, "RSET", fmt.Errorf("%w: %w", ErrConnStale, err))
 		}
 	}
 	c.sent++
