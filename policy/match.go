@@ -44,14 +44,9 @@ func isDomainName(s string) bool {
 // Table maps recipient domains to destinations.
 type Table struct {
 	exact    map[string]*Destination
-	suffixes []suffixEntry // longest first
+	suffixes map[string]*Destination // ".example.com"
 	fallback *Destination
 	all      []*Destination
-}
-
-type suffixEntry struct {
-	suffix string // ".example.com"
-	dest   *Destination
 }
 
 // DuplicateDomainError reports two destinations that claim one pattern.
@@ -67,7 +62,7 @@ func (e *DuplicateDomainError) Error() string {
 // NewTable indexes dests. A pattern claimed twice is an error, since which
 // of the two policies applies would otherwise be an accident of order.
 func NewTable(dests []*Destination) (*Table, error) {
-	t := &Table{exact: map[string]*Destination{}, all: dests}
+	t := &Table{exact: map[string]*Destination{}, suffixes: map[string]*Destination{}, all: dests}
 	owner := map[string]int{}
 	for i, d := range dests {
 		for _, p := range d.Domains {
@@ -79,16 +74,10 @@ func NewTable(dests []*Destination) (*Table, error) {
 			case p == "*":
 				t.fallback = d
 			case strings.HasPrefix(p, "."):
-				t.suffixes = append(t.suffixes, suffixEntry{p, d})
+				t.suffixes[p] = d
 			default:
 				t.exact[p] = d
 			}
-		}
-	}
-	// Longest suffix first, so the most specific one matches first.
-	for i := 1; i < len(t.suffixes); i++ {
-		for j := i; j > 0 && len(t.suffixes[j].suffix) > len(t.suffixes[j-1].suffix); j-- {
-			t.suffixes[j], t.suffixes[j-1] = t.suffixes[j-1], t.suffixes[j]
 		}
 	}
 	return t, nil
@@ -104,10 +93,17 @@ func (t *Table) Lookup(domain string) *Destination {
 	if d, ok := t.exact[domain]; ok {
 		return d
 	}
-	for _, s := range t.suffixes {
-		if strings.HasSuffix(domain, s.suffix) {
-			return s.dest
+	// Walk the parent domains from the nearest: the first ".suffix" found
+	// is the longest that matches.
+	for i := strings.IndexByte(domain, '.'); i >= 0; {
+		if d, ok := t.suffixes[domain[i:]]; ok {
+			return d
 		}
+		j := strings.IndexByte(domain[i+1:], '.')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
 	}
 	return t.fallback
 }

@@ -323,7 +323,7 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	sort.Slice(order, func(a, b int) bool { return order[a].Name() < order[b].Name() })
 
 	st.Attempts++
-	for _, dest := range order {
+	for n, dest := range order {
 		if ctx.Err() != nil {
 			break
 		}
@@ -358,9 +358,10 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 				}
 			}
 		}
-		if o.delivered {
-			// Record who has it before anything else can go wrong, so a
-			// crash now does not send it to them twice.
+		if o.delivered && n < len(order)-1 {
+			// Other destinations are still to be tried: record who has it
+			// now, so a crash during those does not send it to them twice.
+			// (After the last one, settle records or removes the message.)
 			if err := r.store.SaveState(id, st); err != nil {
 				r.log.Error("cannot save queue state", "id", id, "error", err)
 			}

@@ -82,6 +82,22 @@ func (c *Conn) Read(p []byte) (int, error) {
 // transform appends to out the disciplined form of in.
 func (c *Conn) transform(out, in []byte) []byte {
 	for i := 0; i < len(in); i++ {
+		// Fast path: copy the run up to the next CR or LF in one go; only
+		// the start of a line needs byte-wise attention (STARTTLS).
+		if !c.pendingCR && !c.atLineStart {
+			j := bytes.IndexAny(in[i:], "\r\n")
+			if j < 0 {
+				j = len(in) - i
+			}
+			if j > 0 {
+				out = append(out, in[i:i+j]...)
+				if room := maxLineStart - len(c.line); room > 0 {
+					c.line = append(c.line, in[i:i+min(j, room)]...)
+				}
+				i += j - 1
+				continue
+			}
+		}
 		b := in[i]
 		if c.atLineStart && b == recordTypeHandshake && c.lastLine == "STARTTLS" && !c.pendingCR {
 			c.passthrough = true

@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+type benchCase struct {
+	Name     string
+	Size     int
+	Sessions int
+	Messages int
+	NewConn  bool // a new connection per message, as smtp-source without -d
+}
+
+var cases = []benchCase{
+	{"1 KiB, 1 session", 1 << 10, 1, 2000, false},
+	{"1 KiB, 16 sessions", 1 << 10, 16, 10000, false},
+	{"1 KiB, 16 sessions, new conn/msg", 1 << 10, 16, 10000, true},
+	{"1 KiB, 64 sessions", 1 << 10, 64, 10000, false},
+	{"1 MiB, 8 sessions", 1 << 20, 8, 200, false},
+	{"50 MiB, 1 message", 50 << 20, 1, 1, false},
+}
+
+// target is one SMTP server in front of the sink (or the sink itself).
+type target struct {
+	Name string
+	Addr string
+	PID  int // for RSS; 0 when not measured
+}
+
+type row struct {
+	Case    benchCase
+	Target  string
+	Res     loadResult
+	RSSGrow int64 // peak RSS growth in bytes during the case (tlsrelay only)
+}
+
+func cmdCompare(args []string) error {
+	fs := flag.NewFlagSet("compare", flag.ExitOnError)
+	relayBin := fs.String("relay", "", "path of a built tlsrelay binary (go build -o /tmp/tlsrelay ./cmd/tlsrelay)")
+	postfix := fs.String("postfix", "", "path of postfix-relay.sh (../shared/bench/postfix-relay.sh); empty: no Postfix")
+	quick := fs.Bool("quick", false, "a fifth of the messages, for a smoke run")
+	markdown := fs.String("markdown", "", "also write the result table to this file")
+	fs.Parse(args)
+	if *relayBin == "" {
+		return fmt.Errorf("-relay is required")
+	}
+	dir, err := os.MkdirTemp("", "tlsrelay-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	const name = "mx.bench.test"
+	sink, err := startBenchSink("127.0.0.1:0", name, filepath.Join(dir, "ca.pem"), false, "")
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	count := func() (int, error) { return sink.Count(), nil }
+
+	relayAddr := freeLoopback()
+	relay, err := startRelay(*relayBin, dir, relayAddr, sink.Addr(), sink.caFile, name)
+	if err != nil {
+		return err
+	}
+	defer relay.Process.Kill()
+
+	targets := []target{{Name: "sink alone", Addr: sink.Addr()}, {Name: "tlsrelay", Addr: relayAddr, PID: relay.Process.Pid}}
+	if *postfix != "" {
+		pfAddr := freeLoopback()
+		pfDir := filepath.Join(dir, "postfix")
+		out, err := exec.Command("bash", *postfix, "start", pfDir, pfAddr, sink.Addr(), sink.caFile, name, "starttls").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "Postfix did not start, comparing without it: %v\n%s\n", err, out)
+		} else {
+			defer exec.Command("bash", *postfix, "stop", pfDir).Run()
+			targets = append(targets, target{Name: "postfix", Addr: pfAddr})
+		}
+	}
+
+	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	var rows []row
+	for _, c := range cases {
+		if *quick {
+			c.Messages = max(1, c.Messages/5)
+		}
+		for _, t := range targets {
+			// A short warm-up: connections, pools, page cache.
+			if c.Size <= 1<<20 {
+				runLoad(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: max(c.Sessions, c.Messages/20), Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: time.Minute})
+			}
+			var before int64
+			if t.PID != 0 {
+				resetPeakRSS(t.PID)
+				before = rss(t.PID, "VmRSS")
+			}
+			res, err := runLoad(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: c.Messages, Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: 10 * time.Minute})
+			if err != nil {
+				return err
+			}
+			r := row{Case: c, Target: t.Name, Res: res}
+			if t.PID != 0 {
+				r.RSSGrow = rss(t.PID, "VmHWM") - before
+			}
+			rows = append(rows, r)
+			fmt.Printf("  %-34s %-11s %8.0f msgs/s %8.2f MB/s  p50 %-9v p99 %-9v confirmed %d/%d errors %d\n", c.Name, t.Name,
+				res.MsgsPerSec(), res.MBPerSec(), res.P50.Round(10*time.Microsecond), res.P99.Round(10*time.Microsecond), res.Confirmed, res.Sent, res.Errors)
+			if res.FirstError != "" {
+				fmt.Printf("    first error: %s\n", res.FirstError)
+			}
+		}
+	}
+	idle, idleErr := idleSessions(relayAddr, relay.Process.Pid, 1000)
+
+	table := renderTable(rows, targets)
+	fmt.Println()
+	fmt.Print(table)
+	if idleErr != nil {
+		fmt.Printf("\n1,000 idle sessions: %v\n", idleErr)
+	} else {
+		fmt.Printf("\n1,000 idle inbound sessions: tlsrelay RSS %.1f MiB\n", float64(idle)/(1<<20))
+		table += fmt.Sprintf("\n1,000 idle inbound sessions: tlsrelay RSS %.1f MiB\n", float64(idle)/(1<<20))
+	}
+	if *markdown != "" {
+		return os.WriteFile(*markdown, []byte(table), 0o644)
+	}
+	return nil
+}
+
+func renderTable(rows []row, targets []target) string {
+	var b strings.Builder
+	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	rate := map[string]float64{}
+	for _, r := range rows {
+		rate[r.Case.Name+"/"+r.Target] = r.Res.MsgsPerSec()
+	}
+	for _, r := range rows {
+		vsLimit, vsPostfix, grow := "", "", ""
+		if r.Target != "sink alone" {
+			vsLimit = fmt.Sprintf("%.0f%%", 100*r.Res.MsgsPerSec()/rate[r.Case.Name+"/sink alone"])
+		}
+		if p := rate[r.Case.Name+"/postfix"]; p > 0 && r.Target == "tlsrelay" {
+			vsPostfix = fmt.Sprintf("%.1f×", r.Res.MsgsPerSec()/p)
+		}
+		if r.Target == "tlsrelay" {
+			grow = fmt.Sprintf("%.1f MiB", float64(r.RSSGrow)/(1<<20))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %v | %v | %v | %d/%d | %s | %s | %s |\n", r.Case.Name, r.Target,
+			r.Res.MsgsPerSec(), r.Res.MBPerSec(), r.Res.P50.Round(10*time.Microsecond), r.Res.P90.Round(10*time.Microsecond),
+			r.Res.P99.Round(10*time.Microsecond), r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow)
+	}
+	return b.String()
+}
+
+const relayConfig = `
+[server]
+listen = %q
+hostname = "relay.bench.test"
+max_message_bytes = 67108864
+max_connections = 5000
+max_connections_per_ip = 5000
+[queue]
+dir = %q
+[log]
+level = "warn"
+format = "json"
+[[destination]]
+domains = ["*"]
+upstream = %q
+ca_file = %q
+server_name = %q
+require_hostname = [%q]
+`
+
+func startRelay(bin, dir, listen, upstream, caFile, name string) (*exec.Cmd, error) {
+	cfg := filepath.Join(dir, "tlsrelay.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(relayConfig, listen, filepath.Join(dir, "spool"), upstream, caFile, name, name)), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "serve", "-config", cfg)
+	log, err := os.Create(filepath.Join(os.TempDir(), "tlsrelay-bench-relay.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	for i := 0; i < 200; i++ {
+		if c, err := net.Dial("tcp", listen); err == nil {
+			c.Close()
+			return cmd, nil
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	return nil, fmt.Errorf("tlsrelay did not start; see %s", log.Name())
+}
+
+func freeLoopback() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// rss reads a memory figure of a process, in bytes (VmRSS: now; VmHWM: peak).
+func rss(pid int, field string) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), field+":"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// resetPeakRSS makes VmHWM start again from the current RSS.
+func resetPeakRSS(pid int) {
+	os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+// idleSessions opens n sessions that said EHLO and then wait, and returns
+// the relay's RSS with them open.
+func idleSessions(addr string, pid, n int) (int64, error) {
+	var clients []*smtp.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		c, err := smtp.Dial(addr)
+		if err != nil {
+			return 0, fmt.Errorf("session %d: %w", i, err)
+		}
+		clients = append(clients, c)
+		if err := c.Hello("idle.test"); err != nil {
+			return 0, fmt.Errorf("session %d: %w", i, err)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	return rss(pid, "VmRSS"), nil
+}
