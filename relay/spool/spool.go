@@ -10,11 +10,12 @@
 //	state/    per-message delivery state, rewritten atomically
 //	corrupt/  files that failed to decode, kept for a person to look at
 //
-// A message is committed by writing it to tmp/, fsyncing it, renaming it
-// into msg/ and fsyncing msg/. Only then is the client answered. A crash
-// at any point before the rename leaves a file in tmp/ that the next start
-// removes (the client had no 250 and will retry); after it, the message is
-// recovered. Directory fsyncs are shared between messages committed at the
+// A message is committed by writing it to an anonymous file (O_TMPFILE;
+// a named file in tmp/ where that is unsupported), fsyncing it, linking
+// (or renaming) it into msg/ and fsyncing msg/. Only then is the client
+// answered. A crash at any point before the link leaves no message (the
+// client had no 250 and will retry; a tmp/ file is removed at the next
+// start); after it, the message is recovered. Directory fsyncs are shared between messages committed at the
 // same moment (group commit) without weakening this order.
 package spool
 
@@ -31,6 +32,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,11 +55,13 @@ type Envelope struct {
 
 // Store is a spool directory.
 type Store struct {
-	dir      string
-	msgSync  *dirSyncer
-	tmpDir   string
-	msgDir   string
-	stateDir string
+	// noTmpfile is set once O_TMPFILE turned out unsupported.
+	noTmpfile atomic.Bool
+	dir       string
+	msgSync   *dirSyncer
+	tmpDir    string
+	msgDir    string
+	stateDir  string
 }
 
 const magic = "tlsrelay-spool 1\n"
@@ -136,6 +140,9 @@ type Pending struct {
 	n     int64
 	off   int64 // where the body starts
 	done  bool
+	// anonymous is set for an O_TMPFILE file, which has no name until
+	// Commit links it into msg/ (and vanishes by itself if we crash).
+	anonymous bool
 }
 
 // Create starts a message with the given envelope. env.ID is filled in.
@@ -146,11 +153,11 @@ func (s *Store) Create(env Envelope) (*Pending, error) {
 	if !validID(env.ID) {
 		return nil, fmt.Errorf("spool: invalid id %q", env.ID)
 	}
-	f, err := os.OpenFile(filepath.Join(s.tmpDir, env.ID), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, anon, err := s.createFile(env.ID)
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	p := &Pending{store: s, env: env, f: f, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic))}
+	p := &Pending{store: s, env: env, f: f, anonymous: anon, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic))}
 	p.w.WriteString(magic)
 	return p, nil
 }
@@ -195,7 +202,7 @@ func (p *Pending) Commit() error {
 		return errors.New("spool: message already finished")
 	}
 	p.done = true
-	tmp := p.f.Name()
+	final := filepath.Join(p.store.msgDir, p.env.ID)
 	p.env.Size = p.n
 	trailer, err := json.Marshal(p.env)
 	if err == nil {
@@ -207,20 +214,22 @@ func (p *Pending) Commit() error {
 	if err == nil {
 		err = p.f.Sync()
 	}
+	if err == nil {
+		err = p.publish(final)
+	}
 	if cerr := p.f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(p.store.msgDir, p.env.ID))
-	}
 	if err != nil {
-		os.Remove(tmp)
+		if !p.anonymous {
+			os.Remove(p.f.Name())
+		}
 		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
 	}
 	if err := p.store.msgSync.Sync(); err != nil {
-		// The rename may or may not survive a crash; the client gets a
+		// The name may or may not survive a crash; the client gets a
 		// temporary error and retries, at worst causing a duplicate.
-		os.Remove(filepath.Join(p.store.msgDir, p.env.ID))
+		os.Remove(final)
 		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
 	}
 	return nil
@@ -233,7 +242,9 @@ func (p *Pending) Abort() {
 	}
 	p.done = true
 	p.f.Close()
-	os.Remove(p.f.Name())
+	if !p.anonymous {
+		os.Remove(p.f.Name())
+	}
 }
 
 // Message is a committed message opened for reading.

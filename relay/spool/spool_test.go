@@ -196,3 +196,35 @@ func TestPrependIsSentBeforeTheBody(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+// TestNamedTmpFallback runs the commit path used where O_TMPFILE is not
+// available: a named file in tmp/, renamed into msg/.
+func TestNamedTmpFallback(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	s.noTmpfile.Store(true)
+	p, err := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(p, "body\r\n")
+	if _, err := os.Stat(filepath.Join(dir, "tmp", p.ID())); err != nil {
+		t.Fatalf("no named tmp file: %v", err)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	aborted, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+	aborted.Abort()
+	if entries, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(entries) != 0 {
+		t.Errorf("tmp/ not clean: %v", entries)
+	}
+	m, err := s.Open(p.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if b, _ := io.ReadAll(m.Body()); string(b) != "body\r\n" {
+		t.Errorf("body %q", b)
+	}
+}
