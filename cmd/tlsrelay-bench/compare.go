@@ -63,12 +63,16 @@ func cmdCompare(args []string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	// Postfix's processes run as the postfix user: they must be able to
+	// reach the directory and read the (public) CA certificate.
+	os.Chmod(dir, 0o755)
 
 	const name = "mx.bench.test"
 	sink, err := startBenchSink("127.0.0.1:0", name, filepath.Join(dir, "ca.pem"), false, "")
 	if err != nil {
 		return err
 	}
+	os.Chmod(sink.caFile, 0o644)
 	defer sink.Close()
 	count := func() (int, error) { return sink.Count(), nil }
 

@@ -30,6 +30,7 @@ type Conn struct {
 	atLineStart bool
 	passthrough bool
 	in          []byte
+	buf         []byte // backing store of out, reused for every read
 	out         []byte // transformed bytes not yet returned
 	err         error  // an error to return once out is drained
 }
@@ -37,7 +38,7 @@ type Conn struct {
 // NewConn wraps c. startTLS says whether the server offers STARTTLS, so
 // that only then does a TLS record after STARTTLS switch Conn off.
 func NewConn(c net.Conn, startTLS bool) *Conn {
-	lc := &Conn{Conn: c, atLineStart: true, in: make([]byte, 4096)}
+	lc := &Conn{Conn: c, atLineStart: true, in: make([]byte, 4096), buf: make([]byte, 0, 4096+1)}
 	if !startTLS {
 		lc.lastLine = "-" // never matches, so never steps aside
 	}
@@ -61,7 +62,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return c.Conn.Read(p)
 		}
 		n, err := c.Conn.Read(c.in)
-		c.out = c.transform(c.out[:0], c.in[:n])
+		c.out = c.transform(c.buf[:0], c.in[:n])
 		if err != nil && c.pendingCR {
 			// The stream ended after a CR: it was bare.
 			c.pendingCR = false
