@@ -75,6 +75,15 @@ func (f *Failure) Error() string {
 
 func (f *Failure) Unwrap() error { return f.Err }
 
+// FailureOf returns the *Failure in err's chain, or wraps err as a
+// protocol failure of upstream host (an error nobody classified).
+func FailureOf(host string, err error) *Failure {
+	if f, ok := AsFailure(err); ok {
+		return f
+	}
+	return &Failure{Class: Protocol, Host: host, Detail: err.Error(), Err: err}
+}
+
 // AsFailure returns the *Failure in err's chain, if any.
 func AsFailure(err error) (*Failure, bool) {
 	var f *Failure

@@ -52,7 +52,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	defer r.countAttempt(env, o)
 	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)
 	if err != nil {
-		o.failure = asFailure(dest, err)
+		o.failure = policy.FailureOf(dest.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
 	}
@@ -63,7 +63,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		conn.Close()
 		log.Debug("reused connection was stale; reconnecting")
 		if conn, err = r.dialer().Dial(ctx, dest); err != nil {
-			o.failure = asFailure(dest, err)
+			o.failure = policy.FailureOf(dest.Upstream, err)
 			logFailure(log, "delivery attempt failed", o.failure)
 			return o
 		}
@@ -74,7 +74,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	o.refused = res.Refused
 	if err != nil {
 		conn.Close()
-		o.failure = asFailure(dest, err)
+		o.failure = policy.FailureOf(dest.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
 	}
@@ -93,13 +93,6 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	}
 	r.pool.Put(conn)
 	return o
-}
-
-func asFailure(dest *policy.Destination, err error) *policy.Failure {
-	if f, ok := policy.AsFailure(err); ok {
-		return f
-	}
-	return &policy.Failure{Class: policy.Protocol, Host: dest.Upstream, Detail: err.Error(), Err: err}
 }
 
 // logFailure writes one line for a failed attempt. TLS failures carry

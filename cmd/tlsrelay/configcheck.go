@@ -5,8 +5,6 @@ import (
 	"io"
 
 	"github.com/BurntSushi/toml"
-
-	"tlsrelay/relay/config"
 )
 
 func cmdConfigCheck(args []string, stdout, stderr io.Writer) int {
@@ -15,14 +13,8 @@ func cmdConfigCheck(args []string, stdout, stderr io.Writer) int {
 	if rc := parseFlags(fs, args, 0); rc != 0 {
 		return max(rc, 0)
 	}
-	path, how, err := findConfig(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay:", err)
-		return 1
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay: configuration is not valid:", err)
+	cfg, path, how, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
 		return 1
 	}
 	fmt.Fprintf(stdout, "# %s (%s): OK\n# The effective configuration, defaults filled in:\n\n", path, how)

@@ -45,14 +45,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	op, rest := fs.Arg(0), fs.Args()[1:]
-	path, _, err := findConfig(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay queue:", err)
-		return exitUsage
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay queue: configuration not loaded:", err)
+	cfg, _, _, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
 		return exitUsage
 	}
 	store, err := spool.Open(cfg.Queue.Dir)

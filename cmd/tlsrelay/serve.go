@@ -35,6 +35,22 @@ func findConfig(flagValue string) (string, string, error) {
 		defaultConfigPaths[0], defaultConfigPaths[1])
 }
 
+// loadConfig finds and loads the configuration for a command, or says on
+// stderr why it cannot.
+func loadConfig(flagValue string, stderr io.Writer) (cfg *config.Config, path, how string, ok bool) {
+	path, how, err := findConfig(flagValue)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay:", err)
+		return nil, "", "", false
+	}
+	cfg, err = config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, "tlsrelay: configuration is not valid:", err)
+		return nil, "", "", false
+	}
+	return cfg, path, how, true
+}
+
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -87,14 +103,8 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if rc := parseFlags(fs, args, 0); rc != 0 {
 		return max(rc, 0)
 	}
-	path, how, err := findConfig(*cfgPath)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay:", err)
-		return 1
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay: configuration not loaded:", err)
+	cfg, path, how, ok := loadConfig(*cfgPath, stderr)
+	if !ok {
 		return 1
 	}
 	log, level := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)

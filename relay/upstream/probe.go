@@ -47,7 +47,7 @@ func (d *Dialer) Probe(ctx context.Context, dest *policy.Destination) *Probe {
 		}
 		conn.Close()
 	} else {
-		p.Failure = asFailure(dest, err)
+		p.Failure = policy.FailureOf(dest.Upstream, err)
 	}
 	p.Connected = p.Failure == nil || p.Failure.Class != policy.Connect
 	if dest.Mode == policy.StartTLS {
@@ -64,11 +64,4 @@ func joinParam(kw, param string) string {
 		return kw
 	}
 	return kw + " " + param
-}
-
-func asFailure(dest *policy.Destination, err error) *policy.Failure {
-	if f, ok := policy.AsFailure(err); ok {
-		return f
-	}
-	return &policy.Failure{Class: policy.Protocol, Host: dest.Upstream, Detail: err.Error(), Err: err}
 }

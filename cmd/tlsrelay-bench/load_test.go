@@ -1,0 +1,43 @@
+package main
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestLoadAgainstSink runs a small load straight into the bench sink and
+// checks the counts the report rests on.
+func TestLoadAgainstSink(t *testing.T) {
+	s, err := startBenchSink("127.0.0.1:0", "mx.bench.test", filepath.Join(t.TempDir(), "ca.pem"), false, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, newConn := range []bool{false, true} {
+		before := s.Count()
+		res, err := runLoad(loadSpec{To: s.Addr(), Sessions: 4, Messages: 40, Size: 2048, NewConn: newConn,
+			SinkCount: httpCount("http://" + s.stats + "/count"), Timeout: 30 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Sent != 40 || res.Errors != 0 || res.Confirmed != 40 || s.Count()-before != 40 {
+			t.Fatalf("newConn=%v: %+v, sink count %d", newConn, res, s.Count()-before)
+		}
+		if res.P50 <= 0 || res.P50 > res.P99 || res.Bytes != 40*int64(len(message(2048))) {
+			t.Errorf("newConn=%v: implausible report %+v", newConn, res)
+		}
+	}
+	if len(message(1<<20)) != 1<<20 {
+		t.Errorf("message(1 MiB) is %d bytes", len(message(1<<20)))
+	}
+}
+
+func TestRefusesNonLoopback(t *testing.T) {
+	if err := loopbackOnly("192.0.2.1:25"); err == nil {
+		t.Error("a non-loopback target was accepted")
+	}
+	if err := loopbackOnly("127.0.0.1:25", "[::1]:25"); err != nil {
+		t.Error(err)
+	}
+}
