@@ -162,7 +162,11 @@ func renderTable(rows []row, targets []target) string {
 			vsPostfix = fmt.Sprintf("%.1f×", r.Res.MsgsPerSec()/p)
 		}
 		if r.Target == "tlsrelay" {
-			grow = fmt.Sprintf("%.1f MiB", float64(r.RSSGrow)/(1<<20))
+			grow = fmt.Sprintf("%.1f MiB", float64(max(r.RSSGrow, 0))/(1<<20))
+		}
+		if r.Res.Sent == 0 && r.Res.FirstError != "" {
+			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
+			continue
 		}
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %v | %v | %v | %d/%d | %s | %s | %s |\n", r.Case.Name, r.Target,
 			r.Res.MsgsPerSec(), r.Res.MBPerSec(), r.Res.P50.Round(10*time.Microsecond), r.Res.P90.Round(10*time.Microsecond),
