@@ -2,6 +2,7 @@ package relay
 
 import (
 	"crypto/tls"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -284,15 +285,29 @@ func TestRefusesUnknownDomainsAndLimits(t *testing.T) {
 	}
 }
 
-func TestRefusesClientsOutsideAllowedNetworks(t *testing.T) {
+// TestAllowedAndDisallowedNetworks listens on both loopbacks and allows
+// only IPv4's: a client on 127.0.0.1 reaches RCPT (and gets 550 for a
+// domain no destination claims), one on ::1 is turned away at connect.
+func TestAllowedAndDisallowedNetworks(t *testing.T) {
+	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback on this machine (%v): cannot test a second network", err)
+	} else {
+		ln.Close()
+	}
 	p := newPKI(t, "Test CA")
-	cfg := strings.Replace(baseConfig(t.TempDir()), `hostname = "relay.test"`,
-		`hostname = "relay.test"`+"\nallowed_networks = [\"10.0.0.0/8\"]", 1) +
+	cfg := strings.Replace(baseConfig(t.TempDir()), "listen = \"127.0.0.1:0\"\nhostname = \"relay.test\"",
+		"listen = \"[::]:0\"\nhostname = \"relay.test\"\nallowed_networks = [\"127.0.0.0/8\"]", 1) +
 		destination("example.test", freePort(t), p.caFile, "mx.example.test")
 	tr := startRelay(t, cfg)
-	_, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody)
+	_, port, _ := net.SplitHostPort(tr.Addr().String())
+
+	_, err := submit(net.JoinHostPort("127.0.0.1", port), "app@sender.test", []string{"someone@elsewhere.test"}, testBody)
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("allowed network, unclaimed domain: got %v, want 550 5.7.1", err)
+	}
+	_, err = submit(net.JoinHostPort("::1", port), "app@sender.test", []string{"rcpt@example.test"}, testBody)
 	if smtpCode(err) != 554 || !strings.Contains(err.Error(), "allowed_networks") {
-		t.Fatalf("got %v, want 554 naming allowed_networks", err)
+		t.Fatalf("disallowed network: got %v, want 554 naming allowed_networks", err)
 	}
 }
 
