@@ -106,47 +106,52 @@ func (r *Relay) Config() *config.Config { return r.cfg.Load() }
 
 // Start listens on the configured address, recovers the spool and starts
 // the delivery workers. It returns once the relay accepts connections.
-func (r *Relay) Start() error {
+func (r *Relay) Start() (err error) {
 	cfg := r.Config()
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	unlock, err := r.store.Lock()
 	if err != nil {
 		return err
 	}
 	r.unlock = unlock
+	undo = append(undo, unlock)
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
-		unlock()
 		return fmt.Errorf("listen on %s: %w", cfg.Server.Listen, err)
 	}
 	r.ln = ln
+	undo = append(undo, func() { ln.Close() })
 	if r.control, err = r.listenControl(); err != nil {
-		ln.Close()
-		unlock()
 		return fmt.Errorf("control socket: %w", err)
 	}
+	undo = append(undo, func() { r.control.Close() })
 	if err := r.queue.recover(); err != nil {
-		ln.Close()
 		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
 	}
 	if cfg.Server.ImplicitTLSListen != "" {
-		r.tlsLn, err = net.Listen("tcp", cfg.Server.ImplicitTLSListen)
-		if err != nil {
-			ln.Close()
+		if r.tlsLn, err = net.Listen("tcp", cfg.Server.ImplicitTLSListen); err != nil {
 			return fmt.Errorf("listen on %s (implicit_tls_listen): %w", cfg.Server.ImplicitTLSListen, err)
 		}
-		go func() {
-			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
-		}()
+		undo = append(undo, func() { r.tlsLn.Close() })
 	}
 	if cfg.Metrics.Listen != "" {
 		if err := r.serveMetrics(cfg.Metrics.Listen); err != nil {
-			ln.Close()
-			r.control.Close()
-			unlock()
 			return fmt.Errorf("metrics listener %s: %w", cfg.Metrics.Listen, err)
 		}
 	}
 	r.queue.start(cfg.Queue.Workers)
+	if r.tlsLn != nil {
+		go func() {
+			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
+		}()
+	}
 	go func() {
 		r.served <- r.server.Serve(&filterListener{Listener: ln, relay: r})
 	}()
