@@ -124,15 +124,16 @@ func (o *outcome) reply() error {
 			}
 		}
 	}
-	return FailureReply(o.dest, f)
+	return failureReply(o.dest, f)
 }
 
-// FailureReply maps a failure to the SMTP reply a client gets in reject
+// failureReply maps a failure to the SMTP reply a client gets in reject
 // mode: TLS failures and upstream refusals are permanent (5xx, the message
 // must not be sent another way), connection trouble is temporary (4xx).
 // The text names the destination, the class and the fix.
-func FailureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
-	code, enh := 451, smtp.EnhancedCode{4, 4, 1}
+func failureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
+	var code int
+	var enh smtp.EnhancedCode
 	label := "failure"
 	switch {
 	case f.Class == policy.StartTLSMissing:
@@ -156,7 +157,8 @@ func FailureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
 
 // upstreamCode passes on the upstream's own code where it is sensible.
 func upstreamCode(f *policy.Failure) (int, smtp.EnhancedCode) {
-	if se, ok := f.Err.(*smtp.SMTPError); ok && se.Code >= 400 && se.Code < 600 {
+	var se *smtp.SMTPError
+	if errors.As(f.Err, &se) && se.Code >= 400 && se.Code < 600 {
 		enh := se.EnhancedCode
 		if enh == smtp.NoEnhancedCode || enh == smtp.EnhancedCodeNotSet {
 			enh = smtp.EnhancedCode{se.Code / 100, 0, 0}

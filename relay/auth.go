@@ -120,10 +120,9 @@ func (t *failureTracker) fail(ip netip.Addr) time.Duration {
 // loginServer is the server side of the LOGIN mechanism, which go-sasl
 // only provides as a client. Legacy applications often speak only LOGIN.
 type loginServer struct {
-	check    func(identity, name, password string) error
-	name     string
-	step     int
-	finished bool
+	check func(identity, name, password string) error
+	name  string
+	step  int
 }
 
 func (l *loginServer) Next(response []byte) ([]byte, bool, error) {

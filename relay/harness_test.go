@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -217,7 +216,5 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 }
 
 const testBody = "From: app@sender.test\r\nTo: rcpt@example.test\r\nSubject: test\r\n\r\nline one\r\n.a line starting with a dot\r\n\xc3\xa9t\xc3\xa9 8bit\r\n"
-
-func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 func parseConfig(src string) (*config.Config, error) { return config.Parse("test.toml", src) }
