@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"math/rand/v2"
 	"sort"
 	"sync"
@@ -283,10 +284,14 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 		r.queue.quarantine(id, err)
 		return time.Time{}, false
 	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, false // delivered or deleted meanwhile
+	}
 	if err != nil {
-		// Gone (deleted by an operator) or unreadable for now.
-		r.log.Warn("cannot open queued message", "id", id, "error", err)
-		return time.Time{}, false
+		// Unreadable for now (out of file descriptors, I/O error): the
+		// message stays queued and is tried again later.
+		r.log.Error("cannot open queued message; will retry", "id", id, "error", err)
+		return r.now().Add(r.Config().Queue.RetryMin.Duration), true
 	}
 	defer msg.Close()
 	st, err := r.store.LoadState(msg.Envelope)
