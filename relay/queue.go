@@ -56,9 +56,12 @@ func (q *queue) recover() error {
 	now := q.r.now()
 	for _, id := range ids {
 		msg, err := q.r.store.Open(id)
-		if err != nil {
+		if errors.Is(err, spool.ErrCorrupt) {
 			q.quarantine(id, err)
 			continue
+		}
+		if err != nil {
+			return err // not the file's fault: do not start half-blind
 		}
 		st, err := q.r.store.LoadState(msg.Envelope)
 		msg.Close()
