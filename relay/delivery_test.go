@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -363,4 +364,34 @@ func TestReusesVerifiedConnections(t *testing.T) {
 	if strings.Contains(tr.logs.String(), "delivery attempt failed") {
 		t.Errorf("a stale pooled connection surfaced as a failure:\n%s", tr.logs.String())
 	}
+}
+
+// TestNoGoroutinesLeftPerMessage sends a batch through the relay and
+// checks that the goroutine count returns to where it was: nothing is
+// left behind per message or per session.
+func TestNoGoroutinesLeftPerMessage(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	tr := startRelay(t, baseConfig(t.TempDir())+destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
+	send := func(n int) {
+		for i := 0; i < n; i++ {
+			if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	send(5)
+	if !up.Wait(5, 10*time.Second) {
+		t.Fatal("not delivered")
+	}
+	eventually(t, 5*time.Second, "queue empty", func() bool { return tr.QueueSize() == 0 })
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	send(50)
+	if !up.Wait(55, 20*time.Second) {
+		t.Fatal("not delivered")
+	}
+	eventually(t, 10*time.Second, "goroutines back to the baseline", func() bool {
+		return runtime.NumGoroutine() <= base+2
+	})
 }
