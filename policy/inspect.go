@@ -48,6 +48,10 @@ type Inspection struct {
 	// Failure is the verdict of the complete verification, as delivery
 	// would see it; nil means mail would be sent.
 	Failure *Failure `json:"-"`
+	// Sent are the certificates as the server sent them.
+	Sent []*x509.Certificate `json:"-"`
+	// MissingIssuer is filled in by the check command for incomplete_chain.
+	MissingIssuer *IssuerCheck `json:"missing_issuer,omitempty"`
 }
 
 // Inspect judges a connection state under d's policy at clock().
@@ -60,6 +64,7 @@ func (d *Destination) Inspect(cs tls.ConnectionState, clock Clock) *Inspection {
 		Version:        tls.VersionName(cs.Version),
 		CipherSuite:    tls.CipherSuiteName(cs.CipherSuite),
 		HostnameWanted: d.RequireHostname,
+		Sent:           cs.PeerCertificates,
 		PinsConfigured: d.Pins,
 		ChainSource:    "system roots",
 	}

@@ -117,6 +117,9 @@ Flags:
 	defer cancel()
 	dialer := &upstream.Dialer{LocalName: localName, Timeout: *timeout}
 	p := dialer.Probe(ctx, dest)
+	if in := p.Inspection; in != nil && in.ChainClass == policy.IncompleteChain {
+		in.MissingIssuer = dest.FetchMissingIssuer(ctx, in.Sent, nil)
+	}
 	rep := newCheckReport(p, from)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -224,6 +227,16 @@ func (r *checkReport) writeText(w io.Writer) {
 			line("chain", "verified, to root %q (%s)", in.ChainRoot, in.ChainSource)
 		} else {
 			line("chain", "NOT verified (%s): %s: %s", in.ChainSource, in.ChainClass, in.ChainProblem)
+		}
+		if mi := in.MissingIssuer; mi != nil {
+			switch {
+			case mi.Completes:
+				line("", "confirmed: %s serves %q, which completes the chain; the server must send it", mi.URL, mi.Subject)
+			case mi.Found:
+				line("", "%s serves the issuer %q, but %s", mi.URL, mi.Subject, mi.Problem)
+			default:
+				line("", "could not confirm from %s: %s", mi.URL, mi.Problem)
+			}
 		}
 		if in.HostnameOK {
 			line("hostname", "ok (%s)", strings.Join(in.HostnameWanted, ", "))

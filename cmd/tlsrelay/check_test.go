@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"flag"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,5 +139,29 @@ pin_sha256 = ["`+certgen.SPKIPinOf(good.Cert)+`"]
 	}
 	if _, code := run("check", freeAddr(t)); code != 3 {
 		t.Errorf("nothing listening: exit %d, want 3", code)
+	}
+}
+
+// TestCheckConfirmsIncompleteChain serves the missing intermediate at the
+// leaf's AIA URL (on loopback) and expects check to confirm the diagnosis.
+func TestCheckConfirmsIncompleteChain(t *testing.T) {
+	root, _ := certgen.NewCA("AIA Root")
+	inter, interCert, _ := root.Intermediate("AIA Intermediate", certgen.Options{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(interCert.Cert.Raw) }))
+	defer srv.Close()
+	leaf, _ := inter.Issue(certgen.Options{CommonName: "mx.check.test", DNSNames: []string{"mx.check.test"},
+		IssuingCertificateURL: []string{srv.URL + "/inter.crt"}})
+	up, err := sink.Start(sink.Options{Cert: leaf.TLSCertificate(), Hostname: "mx.check.test"}) // leaf only: no intermediate
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	caFile := filepath.Join(t.TempDir(), "root.pem")
+	certgen.WriteCertFile(caFile, root.Cert)
+	cmd := exec.Command(binary, "check", "-ca-file", caFile, "-hostname", "mx.check.test", "-servername", "mx.check.test", up.Addr())
+	out, _ := cmd.Output()
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "tls_failure=incomplete_chain") ||
+		!strings.Contains(string(out), "confirmed: "+srv.URL+"/inter.crt serves") {
+		t.Fatalf("exit %d:\n%s", cmd.ProcessState.ExitCode(), out)
 	}
 }
