@@ -93,6 +93,9 @@ func (r *Relay) controlOne(op, id string) error {
 			}
 			after = func() { r.queue.schedule(id, 0) }
 		case OpHold:
+			if err := r.store.Spill(id); err != nil {
+				return err
+			}
 			st.Held = true
 			if err := r.store.SaveState(id, st); err != nil {
 				return err

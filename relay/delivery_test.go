@@ -347,6 +347,8 @@ func TestReusesVerifiedConnections(t *testing.T) {
 		if !up.Wait(i, 10*time.Second) {
 			t.Fatalf("message %d not delivered", i)
 		}
+		// The connection goes back to the pool after the upstream's reply.
+		eventually(t, 5*time.Second, "message done", func() bool { return tr.QueueSize() == 0 })
 	}
 	if n := up.Sessions(); n != 1 {
 		t.Errorf("4 messages used %d connections, want 1", n)

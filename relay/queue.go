@@ -421,6 +421,11 @@ func (r *Relay) settle(msg *spool.Message, st spool.State) (time.Time, bool) {
 		}
 	}
 	st.NextAttempt = now.Add(backoff(st.Attempts, cfg.Queue.RetryMin.Duration, cfg.Queue.RetryMax.Duration))
+	if err := r.store.Spill(msg.ID); err != nil {
+		// It stays in the journal, which is just as durable; only the
+		// segment's disk space is held longer.
+		r.log.Warn("cannot move the message out of the journal", "id", msg.ID, "error", err)
+	}
 	if err := r.store.SaveState(msg.ID, st); err != nil {
 		r.log.Error("cannot save queue state", "id", msg.ID, "error", err)
 	}

@@ -343,3 +343,61 @@ func TestPasswdPrintsAUsableLine(t *testing.T) {
 		t.Error("a too short password was accepted")
 	}
 }
+
+// TestKill9WithMessagesInTheJournal kills the relay while its first
+// delivery attempts hang (the upstream accepts TCP and says nothing), so
+// the accepted messages are still in the spool's journal, not yet in
+// files of their own. A new process must deliver every one.
+func TestKill9WithMessagesInTheJournal(t *testing.T) {
+	fx := newUpstreamFixture(t)
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	upAddr := hang.Addr().String()
+	cfg := writeConfig(t, t.TempDir(), upAddr, fx.caFile)
+	p := startBinary(t, cfg)
+	for i := 0; i < 5; i++ {
+		if err := plainSend(p.addr, fmt.Sprintf("j%d@e2e.test", i), fmt.Sprintf("Subject: journal %d\r\n\r\nbody\r\n", i)); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+	hang.Close()
+	mu.Lock()
+	for _, c := range held {
+		c.Close()
+	}
+	mu.Unlock()
+
+	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	startBinary(t, cfg)
+	if !up.Wait(5, 15*time.Second) {
+		t.Fatalf("after kill -9 with messages in the journal, %d of 5 arrived", up.Count())
+	}
+	seen := map[string]bool{}
+	for _, m := range up.Messages() {
+		seen[m.To[0]] = true
+	}
+	if len(seen) != 5 {
+		t.Errorf("delivered to %v, want 5 distinct recipients", seen)
+	}
+}

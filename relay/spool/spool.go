@@ -3,6 +3,7 @@
 //
 // Layout under the spool directory (all 0700, files 0600):
 //
+//	journal/  small messages, committed together (see journal.go)
 //	tmp/      messages being received; never delivered, emptied at start
 //	msg/      committed messages: a magic line, the body, the envelope as a
 //	          JSON trailer (written last, so that anything decided after the
@@ -10,17 +11,20 @@
 //	state/    per-message delivery state, rewritten atomically
 //	corrupt/  files that failed to decode, kept for a person to look at
 //
-// A message is committed by writing it to an anonymous file (O_TMPFILE;
+// A message larger than the journal takes (64 KiB) is committed by
+// writing it to an anonymous file (O_TMPFILE;
 // a named file in tmp/ where that is unsupported), fsyncing it, linking
 // (or renaming) it into msg/ and fsyncing msg/. Only then is the client
 // answered. A crash at any point before the link leaves no message (the
 // client had no 250 and will retry; a tmp/ file is removed at the next
-// start); after it, the message is recovered. Directory fsyncs are shared between messages committed at the
-// same moment (group commit) without weakening this order.
+// start); after it, the message is recovered. Directory fsyncs are shared
+// between messages committed at the same moment (group commit) without
+// weakening this order.
 package spool
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
@@ -30,6 +34,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -62,6 +67,7 @@ type Store struct {
 	tmpDir    string
 	msgDir    string
 	stateDir  string
+	j         *journal
 }
 
 const magic = "tlsrelay-spool 1\n"
@@ -99,6 +105,14 @@ func Open(dir string) (*Store, error) {
 		}
 	}
 	s.msgSync = newDirSyncer(s.msgDir)
+	j, err := openJournal(filepath.Join(dir, "journal"), func(id string) bool {
+		_, err := os.Stat(filepath.Join(s.msgDir, id))
+		return err == nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool: journal: %w", err)
+	}
+	s.j = j
 	return s, nil
 }
 
@@ -135,11 +149,14 @@ func validID(id string) bool {
 type Pending struct {
 	store *Store
 	env   Envelope
-	f     *os.File
-	w     *bufio.Writer
-	n     int64
-	off   int64 // where the body starts
-	done  bool
+	// mem holds a small body; f is only created once the body outgrows
+	// the journal (or the journal is not writable).
+	mem  []byte
+	f    *os.File
+	w    *bufio.Writer
+	n    int64
+	off  int64 // where the body starts
+	done bool
 	// anonymous is set for an O_TMPFILE file, which has no name until
 	// Commit links it into msg/ (and vanishes by itself if we crash).
 	anonymous bool
@@ -153,13 +170,26 @@ func (s *Store) Create(env Envelope) (*Pending, error) {
 	if !validID(env.ID) {
 		return nil, fmt.Errorf("spool: invalid id %q", env.ID)
 	}
-	f, anon, err := s.createFile(env.ID)
-	if err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
+	p := &Pending{store: s, env: env, off: int64(len(magic))}
+	if !s.j.isWritable() {
+		if err := p.toFile(); err != nil {
+			return nil, err
+		}
 	}
-	p := &Pending{store: s, env: env, f: f, anonymous: anon, w: bufio.NewWriterSize(f, 64<<10), off: int64(len(magic))}
-	p.w.WriteString(magic)
 	return p, nil
+}
+
+// toFile moves the body received so far from memory to a file.
+func (p *Pending) toFile() error {
+	f, anon, err := p.store.createFile(p.env.ID)
+	if err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	p.f, p.anonymous, p.w = f, anon, bufio.NewWriterSize(f, 64<<10)
+	p.w.WriteString(magic)
+	_, err = p.w.Write(p.mem)
+	p.mem = nil
+	return err
 }
 
 // ID returns the message's queue id.
@@ -178,6 +208,16 @@ func (p *Pending) SetPrepend(h string) { p.env.Prepend = h }
 
 // Write appends body bytes.
 func (p *Pending) Write(b []byte) (int, error) {
+	if p.f == nil {
+		if len(p.mem)+len(b) <= journalMaxMessage {
+			p.mem = append(p.mem, b...)
+			p.n += int64(len(b))
+			return len(b), nil
+		}
+		if err := p.toFile(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := p.w.Write(b)
 	p.n += int64(n)
 	return n, err
@@ -189,6 +229,9 @@ func (p *Pending) Size() int64 { return p.n }
 // Body flushes what was written and returns a reader of the body, for a
 // message that is delivered at once instead of being committed.
 func (p *Pending) Body() (io.Reader, error) {
+	if p.f == nil {
+		return io.MultiReader(strings.NewReader(p.env.Prepend), bytes.NewReader(p.mem)), nil
+	}
 	if err := p.w.Flush(); err != nil {
 		return nil, err
 	}
@@ -202,8 +245,14 @@ func (p *Pending) Commit() error {
 		return errors.New("spool: message already finished")
 	}
 	p.done = true
-	final := filepath.Join(p.store.msgDir, p.env.ID)
 	p.env.Size = p.n
+	if p.f == nil {
+		if err := p.store.j.commitMessage(p.env, p.mem); err != nil {
+			return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
+		}
+		return nil
+	}
+	final := filepath.Join(p.store.msgDir, p.env.ID)
 	trailer, err := json.Marshal(p.env)
 	if err == nil {
 		p.w.WriteByte('\n')
@@ -241,6 +290,9 @@ func (p *Pending) Abort() {
 		return
 	}
 	p.done = true
+	if p.f == nil {
+		return
+	}
 	p.f.Close()
 	if !p.anonymous {
 		os.Remove(p.f.Name())
@@ -250,23 +302,40 @@ func (p *Pending) Abort() {
 // Message is a committed message opened for reading.
 type Message struct {
 	Envelope
-	body *os.File
+	body    io.ReaderAt
+	bodyOff int64
+	file    *os.File // the message's own file; nil for one in the journal
 }
 
 // Body returns a reader of the message as it is sent: Prepend, then the
 // body as received. Each call starts again, so a retried delivery re-reads
 // from the beginning.
 func (m *Message) Body() io.Reader {
-	return io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.body, int64(len(magic)), m.Size))
+	return io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.body, m.bodyOff, m.Size))
 }
 
-// Close releases the file.
-func (m *Message) Close() error { return m.body.Close() }
+// Close releases the message's file.
+func (m *Message) Close() error {
+	if m.file == nil {
+		return nil
+	}
+	return m.file.Close()
+}
+
+// InJournal reports whether message id is in the journal (rather than in
+// a file of its own).
+func (s *Store) InJournal(id string) bool {
+	_, ok := s.j.lookup(id)
+	return ok
+}
 
 // Open opens the committed message id.
 func (s *Store) Open(id string) (*Message, error) {
 	if !validID(id) {
 		return nil, fmt.Errorf("spool: invalid id %q", id)
+	}
+	if m, ok := s.j.lookup(id); ok {
+		return &Message{Envelope: m.env, body: m.seg.f, bodyOff: m.bodyOff}, nil
 	}
 	f, err := os.Open(filepath.Join(s.msgDir, id))
 	if err != nil {
@@ -286,7 +355,7 @@ func (s *Store) Open(id string) (*Message, error) {
 		f.Close()
 		return nil, fmt.Errorf("spool: %s: %w: trailer names id %q", id, ErrCorrupt, env.ID)
 	}
-	return &Message{Envelope: env, body: f}, nil
+	return &Message{Envelope: env, body: f, bodyOff: int64(len(magic)), file: f}, nil
 }
 
 // ErrCorrupt marks a spool file that cannot be decoded.
@@ -335,10 +404,14 @@ func (s *Store) Remove(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("spool: invalid id %q", id)
 	}
-	if err := os.Remove(filepath.Join(s.msgDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	if s.InJournal(id) {
+		s.j.done(id)
+	} else {
+		if err := os.Remove(filepath.Join(s.msgDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		s.msgSync.Sync()
 	}
-	s.msgSync.Sync()
 	if err := os.Remove(filepath.Join(s.stateDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -365,6 +438,8 @@ func (s *Store) Recover() ([]string, error) {
 	for _, e := range tmp {
 		os.Remove(filepath.Join(s.tmpDir, e.Name()))
 	}
+	s.j.setWritable()
+	s.j.collect()
 	ids, err := s.List()
 	if err != nil {
 		return nil, err
@@ -392,11 +467,12 @@ func (s *Store) List() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ids []string
+	ids := s.j.ids()
 	for _, e := range entries {
-		if validID(e.Name()) {
+		if validID(e.Name()) && !s.InJournal(e.Name()) {
 			ids = append(ids, e.Name())
 		}
 	}
+	slices.Sort(ids)
 	return ids, nil
 }

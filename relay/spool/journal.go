@@ -1,0 +1,416 @@
+package spool
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// The journal is the spool's fast path for small messages. Instead of a
+// file of its own per message (one file fsync plus a directory fsync each),
+// messages up to journalMaxMessage are appended as records to a shared
+// segment file, and every message that arrives while one fdatasync runs is
+// made durable by the next one together (group commit). A message is
+// answered 250 only after the fdatasync that covers its record returned.
+//
+// A "done" record marks a message delivered, bounced or moved out; it is
+// written without waiting for durability (losing one can only cause a
+// duplicate delivery after a crash, never a loss). A message that is not
+// delivered on its first attempt is moved out ("spilled") into a file of
+// its own in msg/, so segments are short-lived; a segment is deleted once
+// it and every older segment hold no live message.
+//
+// Record: "TRJ1", type byte ('M' message, 'D' done), payload length
+// (uint32, big endian), CRC-32C of type and payload, payload. A message's
+// payload is its JSON envelope, a newline, and the body. Reading stops at
+// the first damaged record of a segment: only the tail written after the
+// last fdatasync can be damaged, and nothing there was ever acknowledged.
+
+const (
+	// journalMaxMessage is the largest body kept in memory while it is
+	// received and committed through the journal.
+	journalMaxMessage = 64 << 10
+	recordMagic       = "TRJ1"
+	recordHeaderSize  = 13
+	maxRecordPayload  = journalMaxMessage + maxTrailerBytes
+	recMessage        = 'M'
+	recDone           = 'D'
+)
+
+// segmentMaxSize is when a new segment is started (a variable for tests).
+var segmentMaxSize int64 = 64 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+type segment struct {
+	seq    uint64
+	path   string
+	f      *os.File
+	size   int64 // bytes written (or read, for an old segment)
+	live   int   // messages in it not yet done
+	failed bool  // a write failed: start a new segment
+}
+
+// jmsg is where a live message of the journal is.
+type jmsg struct {
+	seg     *segment
+	env     Envelope
+	bodyOff int64
+}
+
+type jreq struct {
+	rec     []byte
+	durable bool
+	msg     *jmsg // for a message record: indexed once written
+	done    bool
+	err     error
+}
+
+type journal struct {
+	dir      string
+	dirSync  *dirSyncer
+	writable bool
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	segs    []*segment // oldest first
+	cur     *segment   // where appends go; nil until the first
+	index   map[string]*jmsg
+	queue   []*jreq
+	writing bool
+	nextSeq uint64
+	syncs   int // fdatasyncs done, for tests of the group commit
+	// skip reports ids that exist as files in msg/: a spilled message
+	// whose done record was lost in a crash.
+	skip func(id string) bool
+}
+
+func openJournal(dir string, skip func(string) bool) (*journal, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip}
+	j.cond = sync.NewCond(&j.mu)
+	if err := j.load(); err != nil {
+		return nil, err
+	}
+	return j, nil
+}
+
+// load reads every segment, oldest first, and indexes the live messages.
+func (j *journal) load() error {
+	entries, err := os.ReadDir(j.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".seg")
+		if !ok {
+			continue
+		}
+		seq, err := strconv.ParseUint(name, 16, 64)
+		if err != nil {
+			continue
+		}
+		path := filepath.Join(j.dir, e.Name())
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		seg := &segment{seq: seq, path: path, f: f}
+		j.segs = append(j.segs, seg)
+		j.nextSeq = max(j.nextSeq, seq+1)
+	}
+	slices.SortFunc(j.segs, func(a, b *segment) int { return cmp.Compare(a.seq, b.seq) })
+	for _, seg := range j.segs {
+		fi, err := seg.f.Stat()
+		if err != nil {
+			return err
+		}
+		seg.size = readRecords(io.NewSectionReader(seg.f, 0, fi.Size()), func(typ byte, payload []byte, off int64) {
+			j.apply(seg, typ, payload, off)
+		})
+	}
+	return nil
+}
+
+// apply indexes one record read from a segment.
+func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
+	switch typ {
+	case recMessage:
+		env, bodyOff, ok := decodeMessagePayload(payload)
+		if !ok || j.index[env.ID] != nil || j.skip(env.ID) {
+			return
+		}
+		j.index[env.ID] = &jmsg{seg: seg, env: env, bodyOff: off + recordHeaderSize + bodyOff}
+		seg.live++
+	case recDone:
+		if m := j.index[string(payload)]; m != nil {
+			m.seg.live--
+			delete(j.index, string(payload))
+		}
+	}
+}
+
+// readRecords calls fn for every intact record of a segment and returns
+// the offset after the last one.
+func readRecords(r io.ReaderAt, fn func(typ byte, payload []byte, off int64)) int64 {
+	var off int64
+	hdr := make([]byte, recordHeaderSize)
+	for {
+		if _, err := r.ReadAt(hdr, off); err != nil {
+			return off
+		}
+		n := binary.BigEndian.Uint32(hdr[5:9])
+		if string(hdr[:4]) != recordMagic || n > maxRecordPayload {
+			return off
+		}
+		payload := make([]byte, n)
+		if _, err := r.ReadAt(payload, off+recordHeaderSize); err != nil {
+			return off
+		}
+		crc := crc32.Update(crc32.Checksum(hdr[4:5], castagnoli), castagnoli, payload)
+		if crc != binary.BigEndian.Uint32(hdr[9:13]) {
+			return off
+		}
+		fn(hdr[4], payload, off)
+		off += recordHeaderSize + int64(n)
+	}
+}
+
+func decodeMessagePayload(p []byte) (Envelope, int64, bool) {
+	var env Envelope
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 || json.Unmarshal(p[:i], &env) != nil || !validID(env.ID) || len(env.Recipients) == 0 ||
+		env.Size != int64(len(p)-i-1) {
+		return env, 0, false
+	}
+	return env, int64(i + 1), true
+}
+
+func encodeRecord(typ byte, parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	rec := make([]byte, recordHeaderSize, recordHeaderSize+n)
+	copy(rec, recordMagic)
+	rec[4] = typ
+	binary.BigEndian.PutUint32(rec[5:9], uint32(n))
+	crc := crc32.Checksum(rec[4:5], castagnoli)
+	for _, p := range parts {
+		rec = append(rec, p...)
+		crc = crc32.Update(crc, castagnoli, p)
+	}
+	binary.BigEndian.PutUint32(rec[9:13], crc)
+	return rec
+}
+
+// commitMessage makes a message durable in the journal.
+func (j *journal) commitMessage(env Envelope, body []byte) error {
+	hdr, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	m := &jmsg{env: env}
+	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, msg: m}
+	m.bodyOff = recordHeaderSize + int64(len(hdr)) + 1 // made absolute by the writer
+	return j.submit(req)
+}
+
+// done marks a message of the journal finished. It does not wait for the
+// record to be durable.
+func (j *journal) done(id string) {
+	j.mu.Lock()
+	m := j.index[id]
+	if m == nil {
+		j.mu.Unlock()
+		return
+	}
+	delete(j.index, id)
+	m.seg.live--
+	j.mu.Unlock()
+	j.submit(&jreq{rec: encodeRecord(recDone, []byte(id))})
+	j.collect()
+}
+
+// submit queues a record and returns once it is written (and, if durable,
+// synced). Whoever finds no write in progress writes everything queued so
+// far in one go: the group commit.
+func (j *journal) submit(req *jreq) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.writable {
+		return errors.New("spool: journal not open for writing (Recover first)")
+	}
+	j.queue = append(j.queue, req)
+	for !req.done {
+		if j.writing {
+			j.cond.Wait()
+			continue
+		}
+		batch := j.queue
+		j.queue = nil
+		j.writing = true
+		seg, err := j.current()
+		if err == nil {
+			j.mu.Unlock()
+			err = j.write(seg, batch)
+			j.mu.Lock()
+		}
+		for _, b := range batch {
+			if err == nil && b.msg != nil {
+				b.msg.seg = seg
+				j.index[b.msg.env.ID] = b.msg
+				seg.live++
+			}
+			b.done, b.err = true, err
+		}
+		j.writing = false
+		j.cond.Broadcast()
+	}
+	return req.err
+}
+
+// current returns the segment to append to, starting a new one when there
+// is none, it is full, or a write to it failed. Called with j.mu held.
+func (j *journal) current() (*segment, error) {
+	if j.cur != nil && !j.cur.failed && j.cur.size < segmentMaxSize {
+		return j.cur, nil
+	}
+	seq := j.nextSeq
+	path := filepath.Join(j.dir, fmt.Sprintf("%016x.seg", seq))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	// The segment's name must be durable before any record in it is
+	// acknowledged.
+	if err := j.dirSync.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	j.nextSeq++
+	seg := &segment{seq: seq, path: path, f: f}
+	j.segs = append(j.segs, seg)
+	j.cur = seg
+	return seg, nil
+}
+
+// write appends a batch to seg, fdatasyncs it if any record needs that,
+// and records each message record's place. Only the batch's leader calls
+// it, so seg.size is not written concurrently.
+func (j *journal) write(seg *segment, batch []*jreq) error {
+	var buf []byte
+	durable := false
+	for _, b := range batch {
+		if b.msg != nil {
+			b.msg.bodyOff += seg.size + int64(len(buf))
+		}
+		buf = append(buf, b.rec...)
+		durable = durable || b.durable
+	}
+	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
+		seg.failed = true
+		return fmt.Errorf("spool: journal write: %w", err)
+	}
+	if durable {
+		if err := unix.Fdatasync(int(seg.f.Fd())); err != nil {
+			seg.failed = true
+			return fmt.Errorf("spool: journal sync: %w", err)
+		}
+		j.syncs++ // only the leader writes it
+	}
+	seg.size += int64(len(buf))
+	return nil
+}
+
+// collect deletes the oldest segments while they hold no live message. In
+// order only: a done record for a message of one segment can sit in a
+// later one, which must therefore outlive it.
+func (j *journal) collect() {
+	j.mu.Lock()
+	var gone []*segment
+	for len(j.segs) > 0 && j.segs[0] != j.cur && j.segs[0].live == 0 {
+		gone = append(gone, j.segs[0])
+		j.segs = j.segs[1:]
+	}
+	j.mu.Unlock()
+	for _, seg := range gone {
+		seg.f.Close()
+		os.Remove(seg.path)
+	}
+}
+
+// lookup returns a live message of the journal.
+func (j *journal) lookup(id string) (*jmsg, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	m, ok := j.index[id]
+	return m, ok
+}
+
+// ids lists the live messages of the journal.
+func (j *journal) ids() []string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	out := make([]string, 0, len(j.index))
+	for id := range j.index {
+		out = append(out, id)
+	}
+	return out
+}
+
+func (j *journal) isWritable() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.writable
+}
+
+// setWritable allows appends: only the process holding the spool's lock
+// (after Recover) writes; others only read.
+func (j *journal) setWritable() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.writable = true
+}
+
+// Spill moves a message out of the journal into a file of its own in
+// msg/, for a message that will wait (a retry, a hold): segments are meant
+// to be short-lived, and one long-waiting message would keep its segment
+// and every later one on disk. The file is durable before the journal
+// copy is marked done; should a crash come between the two, the file wins
+// at the next start.
+func (s *Store) Spill(id string) error {
+	m, ok := s.j.lookup(id)
+	if !ok {
+		return nil
+	}
+	p := &Pending{store: s, env: m.env, off: int64(len(magic))}
+	if err := p.toFile(); err != nil {
+		return err
+	}
+	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.env.Size)); err != nil {
+		p.Abort()
+		return fmt.Errorf("spool: spill %s: %w", id, err)
+	}
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	s.j.done(id)
+	return nil
+}

@@ -1,0 +1,237 @@
+package spool
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// openRecovered opens a spool the way the relay does at start.
+func openRecovered(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func commitSmall(t *testing.T, s *Store, body string) string {
+	t.Helper()
+	p, err := s.Create(Envelope{From: "a@b.test", Recipients: []string{"c@d.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(p, body)
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return p.ID()
+}
+
+func readBody(t *testing.T, s *Store, id string) string {
+	t.Helper()
+	m, err := s.Open(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	b, err := io.ReadAll(m.Body())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func segments(t *testing.T, dir string) []string {
+	entries, _ := os.ReadDir(filepath.Join(dir, "journal"))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestJournalCommitsSmallMessagesAndRecoversThem(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	small := commitSmall(t, s, "Subject: small\r\n\r\nhi\r\n")
+	large := commitSmall(t, s, "Subject: large\r\n\r\n"+strings.Repeat("x", journalMaxMessage)+"\r\n")
+	if !s.InJournal(small) || s.InJournal(large) {
+		t.Fatalf("small in journal: %v, large in journal: %v", s.InJournal(small), s.InJournal(large))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "msg", small)); !os.IsNotExist(err) {
+		t.Error("a small message got a file of its own")
+	}
+
+	// A restart (a new Store on the same directory) finds both.
+	s2 := openRecovered(t, dir)
+	ids, _ := s2.List()
+	if len(ids) != 2 {
+		t.Fatalf("after restart: %v", ids)
+	}
+	if got := readBody(t, s2, small); got != "Subject: small\r\n\r\nhi\r\n" {
+		t.Errorf("body %q", got)
+	}
+	if err := s2.Remove(small); err != nil {
+		t.Fatal(err)
+	}
+	s3 := openRecovered(t, dir)
+	if ids, _ := s3.List(); len(ids) != 1 || ids[0] != large {
+		t.Errorf("after removing the small one: %v", ids)
+	}
+}
+
+// TestJournalIgnoresATornTail appends what a crash in the middle of a write
+// leaves: the acknowledged messages before it survive, and new ones go to
+// a new segment.
+func TestJournalIgnoresATornTail(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	a := commitSmall(t, s, "one\r\n")
+	b := commitSmall(t, s, "two\r\n")
+	seg := filepath.Join(dir, "journal", segments(t, dir)[0])
+	full := encodeRecord(recMessage, []byte(`{"id":"1zzz","rcpt":["x@y"],"size":3}`), []byte("\nabc"))
+	f, _ := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	f.Write(full[:len(full)-2]) // torn
+	f.Close()
+
+	s2 := openRecovered(t, dir)
+	ids, _ := s2.List()
+	if len(ids) != 2 || readBody(t, s2, a) != "one\r\n" || readBody(t, s2, b) != "two\r\n" {
+		t.Fatalf("after a torn tail: %v", ids)
+	}
+	c := commitSmall(t, s2, "three\r\n")
+	if n := len(segments(t, dir)); n != 2 {
+		t.Errorf("%d segments; a new one must follow a torn tail", n)
+	}
+	s3 := openRecovered(t, dir)
+	if ids, _ := s3.List(); len(ids) != 3 || readBody(t, s3, c) != "three\r\n" {
+		t.Fatalf("after writing behind a torn tail: %v", ids)
+	}
+}
+
+// TestSpillSurvivesALostDoneRecord moves a message out of the journal and
+// then loses the journal's done record, as a crash can: the message must
+// come back exactly once.
+func TestSpillSurvivesALostDoneRecord(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	id := commitSmall(t, s, "Subject: spilled\r\n\r\nbody\r\n")
+	seg := filepath.Join(dir, "journal", segments(t, dir)[0])
+	fi, _ := os.Stat(seg)
+	if err := s.Spill(id); err != nil {
+		t.Fatal(err)
+	}
+	if s.InJournal(id) {
+		t.Fatal("still in the journal after the spill")
+	}
+	if got := readBody(t, s, id); got != "Subject: spilled\r\n\r\nbody\r\n" {
+		t.Fatalf("spilled body %q", got)
+	}
+	os.Truncate(seg, fi.Size()) // the done record never reached the disk
+
+	s2 := openRecovered(t, dir)
+	ids, _ := s2.List()
+	if len(ids) != 1 || ids[0] != id || s2.InJournal(id) {
+		t.Fatalf("after a lost done record: %v (in journal: %v)", ids, s2.InJournal(id))
+	}
+	if got := readBody(t, s2, id); got != "Subject: spilled\r\n\r\nbody\r\n" {
+		t.Errorf("body %q", got)
+	}
+}
+
+func TestSegmentsRotateAndAreCollectedInOrder(t *testing.T) {
+	old := segmentMaxSize
+	segmentMaxSize = 2048
+	defer func() { segmentMaxSize = old }()
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	var ids []string
+	for i := 0; i < 40; i++ {
+		ids = append(ids, commitSmall(t, s, strings.Repeat("m", 200)+"\r\n"))
+	}
+	if n := len(segments(t, dir)); n < 4 {
+		t.Fatalf("%d segments for 40 messages of 200 bytes with 2 KiB segments", n)
+	}
+	// While the oldest segment holds a live message, no segment goes.
+	first := segments(t, dir)[0]
+	second := segments(t, dir)[1]
+	for _, id := range ids[1:] {
+		s.Remove(id)
+	}
+	if got := segments(t, dir); got[0] != first || got[1] != second {
+		t.Errorf("segments collected while the oldest holds a live message: %v", got)
+	}
+	s.Remove(ids[0])
+	if n := len(segments(t, dir)); n > 1 {
+		t.Errorf("%d segments left after every message was done; want only the current one", n)
+	}
+	if ids, _ := openRecovered(t, dir).List(); len(ids) != 0 {
+		t.Errorf("after all were done a restart finds %v", ids)
+	}
+}
+
+// TestJournalGroupCommit commits from many goroutines at once: every
+// message is durable and readable, and they share fdatasyncs.
+func TestJournalGroupCommit(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	const n = 64
+	var wg sync.WaitGroup
+	ids := make([]string, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+			io.WriteString(p, strings.Repeat(string(rune('a'+i%26)), 100))
+			if err := p.Commit(); err != nil {
+				t.Error(err)
+			}
+			ids[i] = p.ID()
+		}()
+	}
+	wg.Wait()
+	s.j.mu.Lock()
+	syncs := s.j.syncs
+	s.j.mu.Unlock()
+	if syncs >= n || syncs == 0 {
+		t.Errorf("%d fdatasyncs for %d concurrent commits", syncs, n)
+	}
+	t.Logf("%d concurrent commits shared %d fdatasyncs", n, syncs)
+	s2 := openRecovered(t, dir)
+	for i, id := range ids {
+		if got := readBody(t, s2, id); got != strings.Repeat(string(rune('a'+i%26)), 100) {
+			t.Fatalf("message %d: %q", i, got)
+		}
+	}
+}
+
+func FuzzJournalRecords(f *testing.F) {
+	f.Add(encodeRecord(recMessage, []byte(`{"id":"1abc","rcpt":["c@d"],"size":2}`), []byte("\nhi")))
+	f.Add(append(encodeRecord(recMessage, []byte(`{"id":"1abc","rcpt":["c@d"],"size":2}`), []byte("\nhi")), encodeRecord(recDone, []byte("1abc"))...))
+	f.Add([]byte("TRJ1M\xff\xff\xff\xff"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		end := readRecords(bytes.NewReader(data), func(typ byte, payload []byte, off int64) {
+			if off < 0 || off+recordHeaderSize+int64(len(payload)) > int64(len(data)) {
+				t.Fatalf("record outside the data at %d", off)
+			}
+			if typ == recMessage {
+				if env, bodyOff, ok := decodeMessagePayload(payload); ok && (bodyOff+env.Size != int64(len(payload)) || !validID(env.ID)) {
+					t.Fatalf("inconsistent message record %+v", env)
+				}
+			}
+		})
+		if end < 0 || end > int64(len(data)) {
+			t.Fatalf("end %d of %d", end, len(data))
+		}
+	})
+}
