@@ -45,6 +45,9 @@ type Conn struct {
 	client *smtp.Client
 	raw    net.Conn
 	sent   int // messages sent over this connection
+	// open is set while a transaction is unfinished (MAIL said, no final
+	// reply to DATA yet): the next one must start with RSET.
+	open bool
 }
 
 // Dial connects to dest's upstream, starts TLS as the policy says, verifies

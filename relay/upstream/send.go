@@ -34,13 +34,24 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body io.Re
 	// shutdown, or delivery_timeout) by interrupting the I/O in progress.
 	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	if c.sent > 0 {
+	reused := c.sent > 0
+	if c.open {
 		if err := c.client.Reset(); err != nil {
 			return res, smtpFailure(c.Dest, "RSET", fmt.Errorf("%w: %w", ErrConnStale, err))
 		}
+		c.open = false
 	}
 	c.sent++
+	// After a completed transaction the server is ready for the next one
+	// (RFC 5321, 4.1.1.4), so no RSET: one round trip less per message.
+	c.open = true
 	if err := c.client.Mail(from, nil); err != nil {
+		var se *smtp.SMTPError
+		if reused && (!errors.As(err, &se) || se.Code == 421) {
+			// The upstream closed the idle connection (or is closing it):
+			// nothing of this message was sent.
+			err = fmt.Errorf("%w: %w", ErrConnStale, err)
+		}
 		return res, smtpFailure(c.Dest, "MAIL FROM", err)
 	}
 	accepted := 0
@@ -57,7 +68,9 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body io.Re
 		accepted++
 	}
 	if accepted == 0 || allOrNothing && len(res.Refused) > 0 {
-		c.client.Reset()
+		if c.client.Reset() == nil {
+			c.open = false
+		}
 		return res, nil
 	}
 	w, err := c.client.Data()
@@ -73,6 +86,7 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body io.Re
 		return res, smtpFailure(c.Dest, "end of DATA", err)
 	}
 	res.Reply = resp.StatusText
+	c.open = false
 	return res, nil
 }
 
