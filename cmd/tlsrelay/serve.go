@@ -9,11 +9,23 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"tlsrelay/relay"
 	"tlsrelay/relay/config"
 )
+
+// tuneGC lets the heap grow to five times the live data between
+// collections (Go's default is twice) unless GOGC says otherwise: the
+// relay's live heap is small (tens of MiB with a thousand sessions), and
+// under load fewer collections measured 20% more messages per second and a
+// lower p99 (README, Performance).
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+}
 
 // defaultConfigPaths are tried in order when -config is not given.
 var defaultConfigPaths = []string{"./tlsrelay.toml", "/etc/tlsrelay/config.toml"}
@@ -109,6 +121,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	log, level := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	log.Info("configuration loaded", "file", path, "how", how)
+	tuneGC()
 
 	r, err := relay.New(cfg, relay.Options{Logger: log, Level: level})
 	if err != nil {
