@@ -18,7 +18,11 @@ var _ smtp.AuthSession = (*session)(nil)
 // nobody else can read them.
 func (s *session) authAllowed() bool {
 	_, isTLS := s.conn.TLSConnectionState()
-	return isTLS || s.ip.IsLoopback()
+	return credentialsSafe(isTLS, s.ip)
+}
+
+func credentialsSafe(isTLS bool, ip netip.Addr) bool {
+	return isTLS || ip.IsLoopback()
 }
 
 // AuthMechanisms is what EHLO offers: nothing without a users file, and

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -189,4 +190,22 @@ func TestConnectionLimitPerAddress(t *testing.T) {
 		io.ReadFull(c, line)
 		return string(line) == "220"
 	})
+}
+
+// TestCredentialsOnlyInsideTLSOrOnLoopback covers the rule behind AUTH's
+// offer for addresses the tests cannot connect from (they use loopback
+// only): a plain connection from another machine never sees AUTH.
+func TestCredentialsOnlyInsideTLSOrOnLoopback(t *testing.T) {
+	for _, c := range []struct {
+		tls  bool
+		ip   string
+		want bool
+	}{
+		{false, "127.0.0.1", true}, {false, "::1", true}, {false, "10.1.2.3", false},
+		{false, "2001:db8::1", false}, {true, "10.1.2.3", true}, {false, "::ffff:10.1.2.3", false},
+	} {
+		if got := credentialsSafe(c.tls, netip.MustParseAddr(c.ip).Unmap()); got != c.want {
+			t.Errorf("tls=%v ip=%s: %v, want %v", c.tls, c.ip, got, c.want)
+		}
+	}
 }
