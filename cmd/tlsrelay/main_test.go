@@ -118,8 +118,13 @@ func newUpstreamFixture(t *testing.T) *upstreamFixture {
 	return &upstreamFixture{ca: ca, caFile: caFile, leaf: leaf}
 }
 
-func writeConfig(t *testing.T, spool, upstream, caFile string) string {
-	t.Helper()
+// e2eDest is one [[destination]] of an end-to-end configuration; the
+// upstream presents a certificate for mx.e2e.test from the fixture's CA.
+type e2eDest struct{ domain, upstream, extra string }
+
+// e2eConfig renders the configuration the end-to-end tests run with:
+// extra goes at the end of the top part (e.g. a [metrics] table).
+func e2eConfig(spool, caFile, extra string, dests ...e2eDest) string {
 	cfg := fmt.Sprintf(`
 [server]
 listen = "127.0.0.1:0"
@@ -130,17 +135,33 @@ retry_min = "100ms"
 retry_max = "300ms"
 [log]
 format = "json"
+%s`, spool, extra)
+	for _, d := range dests {
+		cfg += fmt.Sprintf(`
 [[destination]]
-domains = ["e2e.test"]
+domains = [%q]
 upstream = %q
 ca_file = %q
 server_name = "mx.e2e.test"
 require_hostname = ["mx.e2e.test"]
-`, spool, upstream, caFile)
-	path := filepath.Join(t.TempDir(), "tlsrelay.toml")
+%s`, d.domain, d.upstream, caFile, d.extra)
+	}
+	return cfg
+}
+
+// writeConfigFile writes a configuration to path, or fails the test.
+func writeConfigFile(t *testing.T, path, cfg string) {
+	t.Helper()
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// writeConfig writes a configuration with one destination, e2e.test.
+func writeConfig(t *testing.T, spool, upstream, caFile string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tlsrelay.toml")
+	writeConfigFile(t, path, e2eConfig(spool, caFile, "", e2eDest{"e2e.test", upstream, ""}))
 	return path
 }
 

@@ -50,39 +50,6 @@ func metric(text, sample string) float64 {
 	return -1
 }
 
-const opsConfig = `
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.e2e.test"
-[queue]
-dir = %q
-retry_min = "200ms"
-retry_max = "400ms"
-[log]
-format = "json"
-[metrics]
-listen = "127.0.0.1:0"
-[[destination]]
-domains = ["good.test"]
-upstream = %q
-ca_file = %q
-server_name = "mx.e2e.test"
-require_hostname = ["mx.e2e.test"]
-[[destination]]
-domains = ["expired.test"]
-upstream = %q
-ca_file = %q
-server_name = "mx.e2e.test"
-require_hostname = ["mx.e2e.test"]
-on_failure = "reject"
-[[destination]]
-domains = ["moved.test"]
-upstream = %q
-ca_file = %q
-server_name = "mx.e2e.test"
-require_hostname = ["mx.e2e.test"]
-`
-
 // TestMetricsHealthAndReload runs the binary with metrics on, checks the
 // counters move on acceptance, delivery and a TLS refusal, then reloads a
 // good and a bad configuration with SIGHUP.
@@ -106,7 +73,10 @@ func TestMetricsHealthAndReload(t *testing.T) {
 	spool := t.TempDir()
 	cfgPath := filepath.Join(t.TempDir(), "tlsrelay.toml")
 	write := func(movedTo string) {
-		os.WriteFile(cfgPath, []byte(fmt.Sprintf(opsConfig, spool, good.Addr(), fx.caFile, expired.Addr(), fx.caFile, movedTo, fx.caFile)), 0o600)
+		writeConfigFile(t, cfgPath, e2eConfig(spool, fx.caFile, "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+			e2eDest{"good.test", good.Addr(), ""},
+			e2eDest{"expired.test", expired.Addr(), `on_failure = "reject"`},
+			e2eDest{"moved.test", movedTo, ""}))
 	}
 	write(down)
 	p := startBinary(t, cfgPath)

@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,31 +33,9 @@ func newQueueFixture(t *testing.T) *queueFixture {
 	}
 	t.Cleanup(func() { senderMX.Close() })
 	upAddr := freeAddr(t)
-	cfg := fmt.Sprintf(`
-[server]
-listen = "127.0.0.1:0"
-hostname = "relay.e2e.test"
-[queue]
-dir = %q
-retry_min = "200ms"
-retry_max = "400ms"
-[log]
-format = "json"
-[[destination]]
-domains = ["e2e.test"]
-upstream = %q
-ca_file = %q
-server_name = "mx.e2e.test"
-require_hostname = ["mx.e2e.test"]
-[[destination]]
-domains = ["sender.test"]
-upstream = %q
-ca_file = %q
-server_name = "mx.e2e.test"
-require_hostname = ["mx.e2e.test"]
-`, t.TempDir(), upAddr, fx.caFile, senderMX.Addr(), fx.caFile)
 	path := filepath.Join(t.TempDir(), "tlsrelay.toml")
-	os.WriteFile(path, []byte(cfg), 0o600)
+	writeConfigFile(t, path, e2eConfig(t.TempDir(), fx.caFile, "",
+		e2eDest{"e2e.test", upAddr, ""}, e2eDest{"sender.test", senderMX.Addr(), ""}))
 	return &queueFixture{t: t, cfg: path, fx: fx, upAddr: upAddr, senderMX: senderMX, proc: startBinary(t, path)}
 }
 
