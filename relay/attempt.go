@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 
@@ -46,7 +45,7 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 // rcpts. With allOrNothing (reject mode) a recipient refused by the
 // upstream stops the whole transaction before DATA, so the client's single
 // reply is true for every recipient.
-func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body io.Reader, allOrNothing bool) *outcome {
+func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
 	defer r.countAttempt(env, o)

@@ -19,6 +19,7 @@ import (
 	"tlsrelay/relay/dsn"
 	"tlsrelay/relay/linecheck"
 	"tlsrelay/relay/spool"
+	"tlsrelay/relay/upstream"
 	"tlsrelay/relay/users"
 )
 
@@ -245,11 +246,17 @@ func (s *session) sign(p *spool.Pending) error {
 // never committed, because the client's retry is the queue here.
 func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	defer p.Abort()
-	body, err := p.Body()
-	if err != nil {
+	if _, err := p.Body(); err != nil {
 		s.log.Error("cannot read back spool file", "id", p.ID(), "error", err)
 		return errSpool
 	}
+	body := upstream.Body{Size: p.WireSize(), Open: func() io.Reader {
+		r, err := p.Body()
+		if err != nil {
+			return errReader{err}
+		}
+		return r
+	}}
 	cfg := s.relay.Config()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.DeliveryTimeout.Duration)
 	defer cancel()
@@ -273,3 +280,8 @@ func isReadError(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, smtp.ErrDataReset)
 }
+
+// errReader fails every read with err.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }

@@ -11,6 +11,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/spool"
+	"tlsrelay/relay/upstream"
 )
 
 // queue schedules the delivery of spooled messages. A new message is
@@ -341,7 +342,7 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 			rcpts[k] = st.Recipients[i].Addr
 		}
 		dctx, cancel := context.WithTimeout(ctx, cfg.Queue.DeliveryTimeout.Duration)
-		o := r.attempt(dctx, msg.Envelope, dest, rcpts, msg.Body(), false)
+		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body}, false)
 		cancel()
 		result := "delivered"
 		if o.failure != nil {

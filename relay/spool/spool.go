@@ -226,6 +226,10 @@ func (p *Pending) Write(b []byte) (int, error) {
 // Size returns the number of body bytes written.
 func (p *Pending) Size() int64 { return p.n }
 
+// WireSize is the length of what Body returns: the prepended header
+// fields and the body.
+func (p *Pending) WireSize() int64 { return int64(len(p.env.Prepend)) + p.n }
+
 // Body flushes what was written and returns a reader of the body, for a
 // message that is delivered at once instead of being committed.
 func (p *Pending) Body() (io.Reader, error) {
@@ -313,6 +317,9 @@ type Message struct {
 func (m *Message) Body() io.Reader {
 	return io.MultiReader(strings.NewReader(m.Prepend), io.NewSectionReader(m.body, m.bodyOff, m.Size))
 }
+
+// WireSize is the length of what Body returns.
+func (m *Message) WireSize() int64 { return int64(len(m.Prepend)) + m.Size }
 
 // Close releases the message's file.
 func (m *Message) Close() error {

@@ -5,6 +5,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -42,12 +43,19 @@ type Conn struct {
 	// Established is when the connection was verified.
 	Established time.Time
 
-	client *smtp.Client
-	raw    net.Conn
-	sent   int // messages sent over this connection
+	raw net.Conn          // the TCP connection
+	tc  *tls.Conn         // the verified TLS connection over it
+	r   *textproto.Reader // replies, read from tc
+	w   *bufio.Writer     // commands and bodies, written to tc
+	ext map[string]string // EHLO keywords offered over TLS, upper case
+	// sent counts the messages sent over this connection.
+	sent int
 	// open is set while a transaction is unfinished (MAIL said, no final
-	// reply to DATA yet): the next one must start with RSET.
+	// reply to the body yet): the next one must start with RSET.
 	open bool
+	// broken is set when the dialogue is out of step (an I/O error, a
+	// body cut short): the connection is closed without a word.
+	broken bool
 }
 
 // Dial connects to dest's upstream, starts TLS as the policy says, verifies
@@ -97,10 +105,13 @@ func (d *Dialer) dialTLS(ctx context.Context, dest *policy.Destination, observe 
 	}
 	conn.Established = clock()
 
-	if err := conn.client.Hello(d.LocalName); err != nil {
+	conn.raw.SetDeadline(time.Now().Add(commandTimeout))
+	if err := conn.ehlo(d.LocalName); err != nil {
+		conn.broken = true
 		conn.Close()
 		return nil, smtpFailure(dest, "EHLO after TLS", err)
 	}
+	conn.raw.SetDeadline(time.Time{})
 	return conn, nil
 }
 
@@ -144,16 +155,23 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 		raw.Close()
 		return c, err
 	}
-	tc.SetDeadline(time.Time{})
 	c.TLS = tc.ConnectionState()
-	var sc net.Conn = tc
-	if dest.Mode == policy.StartTLS {
-		// After STARTTLS the server sends no new greeting, but go-smtp's
-		// client starts by reading one; replay the banner it already gave.
-		sc = &greetingConn{Conn: tc, pending: []byte("220 " + c.Greeting + "\r\n")}
+	c.tc = tc
+	c.newWire()
+	if dest.Mode == policy.Implicit {
+		// With implicit TLS the banner comes over TLS; after STARTTLS
+		// there is none (the plaintext one was read by startTLS).
+		rep, err := c.readReply()
+		if err != nil || rep.code != 220 {
+			raw.Close()
+			if err == nil {
+				err = rep.err()
+			}
+			return nil, smtpFailure(dest, "greeting", err)
+		}
+		c.Greeting = firstLine(rep.text)
 	}
-	c.client = smtp.NewClient(sc)
-	c.client.CommandTimeout = 2 * time.Minute
+	tc.SetDeadline(time.Time{})
 	return c, nil
 }
 
@@ -229,16 +247,18 @@ func (c *Conn) auth() error {
 	dest := c.Dest
 	var mech sasl.Client
 	switch {
-	case c.client.SupportsAuth("PLAIN"):
+	case c.offersAuth("PLAIN"):
 		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword.Reveal())
-	case c.client.SupportsAuth("LOGIN"):
+	case c.offersAuth("LOGIN"):
 		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword.Reveal())
 	default:
 		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
 			Detail: "the server offers neither AUTH PLAIN nor AUTH LOGIN after TLS",
 			Fix:    "remove auth_username if the server needs no login, or enable PLAIN/LOGIN on it"}
 	}
-	if err := c.client.Auth(mech); err != nil {
+	c.raw.SetDeadline(time.Now().Add(commandTimeout))
+	defer c.raw.SetDeadline(time.Time{})
+	if err := c.authenticate(mech); err != nil {
 		f := smtpFailure(dest, "AUTH", err)
 		var se *smtp.SMTPError
 		if errors.As(err, &se) && se.Code/100 == 5 {
@@ -252,14 +272,14 @@ func (c *Conn) auth() error {
 	return nil
 }
 
-// Close ends the connection politely if it can, and always closes it.
+// Close ends the connection politely if it can (QUIT, TLS close_notify),
+// and always closes it.
 func (c *Conn) Close() error {
-	if c.client == nil {
+	if c.tc == nil || c.broken {
 		return c.raw.Close()
 	}
-	c.raw.SetDeadline(time.Now().Add(5 * time.Second))
-	c.client.Quit()
-	return c.client.Close()
+	c.quit()
+	return c.tc.Close()
 }
 
 func firstLine(s string) string {
@@ -267,19 +287,4 @@ func firstLine(s string) string {
 		return s[:i]
 	}
 	return s
-}
-
-// greetingConn serves pending bytes before reading from the connection.
-type greetingConn struct {
-	net.Conn
-	pending []byte
-}
-
-func (g *greetingConn) Read(b []byte) (int, error) {
-	if len(g.pending) > 0 {
-		n := copy(b, g.pending)
-		g.pending = g.pending[n:]
-		return n, nil
-	}
-	return g.Conn.Read(b)
 }

@@ -41,7 +41,7 @@ func (d *Dialer) Probe(ctx context.Context, dest *policy.Destination) *Probe {
 	if err == nil {
 		state = &conn.TLS
 		for _, kw := range knownExtensions {
-			if ok, param := conn.client.Extension(kw); ok {
+			if ok, param := conn.Extension(kw); ok {
 				p.TLSExtensions = append(p.TLSExtensions, joinParam(kw, param))
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -18,76 +19,172 @@ type Result struct {
 	// Refused holds, per recipient, the failure of a recipient the
 	// upstream did not take. Recipients not in it were delivered.
 	Refused map[string]*policy.Failure
-	// Reply is the upstream's reply to the end of DATA.
+	// Reply is the upstream's reply to the end of the message.
 	Reply string
 }
 
-// Send transfers one message: MAIL, RCPT for each recipient, DATA with
-// the body as it is (dot-stuffing aside). It returns a *policy.Failure when
-// the message as a whole did not go (MAIL or DATA refused, connection
-// lost); recipients refused one by one are in Result.Refused. With
-// allOrNothing, one refused recipient ends the transaction before DATA,
-// so that nothing is delivered unless everything can be.
-func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body io.Reader, allOrNothing bool) (Result, error) {
+// Body is a message's content exactly as it goes on the wire (CRLF line
+// ends, no dot-stuffing): Size bytes each time Open is called. Send may
+// open it twice: a message that met a stale pooled connection goes again
+// over a fresh one.
+type Body struct {
+	Size int64
+	Open func() io.Reader
+}
+
+// Send transfers one message: MAIL, RCPT for each recipient, then the
+// body. It returns a *policy.Failure when the message as a whole did not
+// go (MAIL or the body refused, connection lost); recipients refused one
+// by one are in Result.Refused. With allOrNothing, one refused recipient
+// ends the transaction before the body is sent, so that nothing is
+// delivered unless everything can be.
+//
+// When the upstream offers PIPELINING and CHUNKING, the whole transaction
+// (RSET if one is due, MAIL, RCPT, BDAT LAST with the body) is one write
+// and its replies one read: a single round trip per message. Without
+// them it falls back step by step to plain SMTP with DATA.
+func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body Body, allOrNothing bool) (Result, error) {
 	res := Result{Refused: map[string]*policy.Failure{}}
-	// go-smtp bounds each command itself; ctx ends a delivery early (at
-	// shutdown, or delivery_timeout) by interrupting the I/O in progress.
+	for _, a := range append([]string{from}, rcpts...) {
+		if strings.ContainsAny(a, "\r\n") {
+			return res, &policy.Failure{Class: policy.Protocol, Host: c.Dest.Upstream, Permanent: true,
+				Detail: fmt.Sprintf("the address %q contains a line break", a),
+				Fix:    "this cannot come from the front door, which refuses such addresses; report it as a bug"}
+		}
+	}
+	// ctx ends a delivery early (at shutdown, or delivery_timeout) by
+	// interrupting the I/O in progress.
 	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	defer c.raw.SetDeadline(time.Time{}) // an idle pooled connection has no deadline
 	reused := c.sent > 0
-	if c.open {
-		if err := c.client.Reset(); err != nil {
-			return res, smtpFailure(c.Dest, "RSET", fmt.Errorf("%w: %w", ErrConnStale, err))
-		}
-		c.open = false
-	}
 	c.sent++
+
+	pipelining := c.has("PIPELINING")
+	chunking := c.has("CHUNKING")
+	bodyInline := pipelining && chunking && (!allOrNothing || len(rcpts) == 1)
+	x := exchange{c: c, pipelined: pipelining}
+	timeout := commandTimeout
+	if bodyInline {
+		timeout = finalTimeout
+	}
+	c.setDeadline(ctx, timeout)
 	// After a completed transaction the server is ready for the next one
-	// (RFC 5321, 4.1.1.4), so no RSET: one round trip less per message.
+	// (RFC 5321, 4.1.1.4); only an unfinished one needs RSET.
+	rset := c.open
+	if rset {
+		x.send("RSET", "RSET")
+	}
 	c.open = true
-	if err := c.client.Mail(from, nil); err != nil {
-		var se *smtp.SMTPError
-		if reused && (!errors.As(err, &se) || se.Code == 421) {
-			// The upstream closed the idle connection (or is closing it):
-			// nothing of this message was sent.
+	x.send("MAIL FROM", c.mailCommand(from))
+	for _, r := range rcpts {
+		x.send("RCPT TO", "RCPT TO:<"+r+">")
+	}
+	if bodyInline {
+		x.sendBDAT(body)
+	}
+	err := x.finish()
+	// A pooled connection the upstream had closed while idle answers
+	// nothing, or 421 to the first command: nothing of this message was
+	// taken, so it goes again at once over a fresh connection.
+	stale := reused && (x.lostBefore("MAIL FROM") || x.replies[0].code == 421)
+	if err != nil {
+		if stale {
+			err = fmt.Errorf("%w: %w", ErrConnStale, err)
+		}
+		return res, c.ioFailure(x.failedStage(), err)
+	}
+	replies := x.replies
+	if rset {
+		replies = replies[1:]
+	}
+	if mail := replies[0]; !mail.ok() {
+		err := error(mail.err())
+		if stale {
 			err = fmt.Errorf("%w: %w", ErrConnStale, err)
 		}
 		return res, smtpFailure(c.Dest, "MAIL FROM", err)
 	}
 	accepted := 0
-	for _, r := range rcpts {
-		if err := c.client.Rcpt(r, nil); err != nil {
-			f := smtpFailure(c.Dest, "RCPT TO", err)
-			var se *smtp.SMTPError
-			if !errors.As(err, &se) {
-				return res, f // the connection broke: nothing went
-			}
-			res.Refused[r] = f
+	for i, r := range rcpts {
+		if rep := replies[1+i]; !rep.ok() {
+			res.Refused[r] = smtpFailure(c.Dest, "RCPT TO", rep.err())
 			continue
 		}
 		accepted++
 	}
-	if accepted == 0 || allOrNothing && len(res.Refused) > 0 {
-		if c.client.Reset() == nil {
-			c.open = false
+	if bodyInline {
+		final := replies[1+len(rcpts)]
+		if accepted == 0 {
+			return res, nil // the server refused the body for want of recipients
 		}
-		return res, nil
+		return c.settle(res, final)
 	}
-	w, err := c.client.Data()
-	if err != nil {
-		return res, smtpFailure(c.Dest, "DATA", err)
+	if accepted == 0 || allOrNothing && len(res.Refused) > 0 {
+		return res, nil // the next transaction starts with RSET
 	}
-	if _, err := io.Copy(w, body); err != nil {
-		w.Close()
-		return res, smtpFailure(c.Dest, "DATA", err)
+	return c.sendBody(ctx, res, body, chunking)
+}
+
+// sendBody sends the body after the envelope was accepted, when it could
+// not go in the same write: BDAT LAST, or DATA and a dot-stuffed body.
+func (c *Conn) sendBody(ctx context.Context, res Result, body Body, chunking bool) (Result, error) {
+	x := exchange{c: c, pipelined: true}
+	if chunking {
+		c.setDeadline(ctx, finalTimeout)
+		x.sendBDAT(body)
+	} else {
+		c.setDeadline(ctx, commandTimeout)
+		rep, err := c.cmd("DATA")
+		if err != nil {
+			return res, c.ioFailure("DATA", err)
+		}
+		if rep.code != 354 {
+			return res, smtpFailure(c.Dest, "DATA", rep.err())
+		}
+		c.setDeadline(ctx, finalTimeout)
+		x.sendDotted(body)
 	}
-	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return res, smtpFailure(c.Dest, "end of DATA", err)
+	if err := x.finish(); err != nil {
+		return res, c.ioFailure(x.failedStage(), err)
 	}
-	res.Reply = resp.StatusText
+	return c.settle(res, x.replies[0])
+}
+
+// settle reads the verdict on the end of the message.
+func (c *Conn) settle(res Result, final stagedReply) (Result, error) {
+	if !final.ok() {
+		return res, smtpFailure(c.Dest, "end of data", final.err())
+	}
+	res.Reply = final.text
 	c.open = false
 	return res, nil
+}
+
+// mailCommand is MAIL FROM with the parameters the upstream understands.
+func (c *Conn) mailCommand(from string) string {
+	if c.has("8BITMIME") {
+		return "MAIL FROM:<" + from + "> BODY=8BITMIME"
+	}
+	return "MAIL FROM:<" + from + ">"
+}
+
+func (c *Conn) has(kw string) bool {
+	_, ok := c.ext[kw]
+	return ok
+}
+
+// ioFailure is a failure of the connection itself; after it the dialogue
+// is out of step and the connection must not be used again.
+func (c *Conn) ioFailure(stage string, err error) *policy.Failure {
+	c.broken = true
+	var bad *badBody
+	if errors.As(err, &bad) {
+		return &policy.Failure{Class: policy.Protocol, Host: c.Dest.Upstream, Err: err,
+			Detail: fmt.Sprintf("the spooled message could not be read back: %v", err),
+			Fix:    "check the spool directory's disk; the message stays queued"}
+	}
+	return smtpFailure(c.Dest, stage, err)
 }
 
 // Sent reports how many messages this connection has carried.
