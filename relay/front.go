@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -176,7 +177,10 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Error("cannot create spool file", "error", err)
 		return errSpool
 	}
-	if _, err := io.Copy(p, &linecheck.Reader{R: r}); err != nil {
+	buf := copyBuffers.Get().(*[]byte)
+	_, err = io.CopyBuffer(p, &linecheck.Reader{R: r}, *buf)
+	copyBuffers.Put(buf)
+	if err != nil {
 		p.Abort()
 		if errors.Is(err, linecheck.ErrBareLineEnding) {
 			s.log.Warn("message refused: bare CR or LF in data (possible SMTP smuggling)", "id", p.ID())
@@ -285,3 +289,6 @@ func isReadError(err error) bool {
 type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// copyBuffers spare every message io.Copy's fresh 32 KiB buffer.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}

@@ -122,7 +122,10 @@ func (r *Relay) Start() (err error) {
 	}
 	r.unlock = unlock
 	undo = append(undo, unlock)
-	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	// No TCP keep-alive on the front door: sessions end on their own
+	// timeouts, and keep-alive costs four setsockopt calls per connection.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Server.Listen, err)
 	}
@@ -136,7 +139,7 @@ func (r *Relay) Start() (err error) {
 		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
 	}
 	if cfg.Server.ImplicitTLSListen != "" {
-		if r.tlsLn, err = net.Listen("tcp", cfg.Server.ImplicitTLSListen); err != nil {
+		if r.tlsLn, err = lc.Listen(context.Background(), "tcp", cfg.Server.ImplicitTLSListen); err != nil {
 			return fmt.Errorf("listen on %s (implicit_tls_listen): %w", cfg.Server.ImplicitTLSListen, err)
 		}
 		undo = append(undo, func() { r.tlsLn.Close() })

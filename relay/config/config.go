@@ -152,7 +152,7 @@ func Default() *Config {
 			DelayWarning:        Duration{4 * time.Hour},
 			CertExpiryWarning:   Duration{30 * 24 * time.Hour},
 			UpstreamIdleTimeout: Duration{30 * time.Second},
-			UpstreamMaxMessages: 100,
+			UpstreamMaxMessages: 1000,
 		},
 		Log: Log{Level: "info", Format: "auto"},
 	}

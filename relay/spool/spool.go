@@ -37,6 +37,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -68,6 +69,12 @@ type Store struct {
 	msgDir    string
 	stateDir  string
 	j         *journal
+
+	// states holds the ids that have a state file: most messages never
+	// get one, and asking the file system each time costs a failed open
+	// and two failed unlinks per message.
+	statesMu sync.Mutex
+	states   map[string]bool
 }
 
 const magic = "tlsrelay-spool 1\n"
@@ -103,6 +110,14 @@ func Open(dir string) (*Store, error) {
 		if err := os.MkdirAll(sub, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
+	}
+	states, err := os.ReadDir(s.stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	s.states = map[string]bool{}
+	for _, e := range states {
+		s.states[e.Name()] = true
 	}
 	s.msgSync = newDirSyncer(s.msgDir)
 	j, err := openJournal(filepath.Join(dir, "journal"), func(id string) bool {
@@ -419,10 +434,30 @@ func (s *Store) Remove(id string) error {
 		}
 		s.msgSync.Sync()
 	}
+	if !s.hasState(id) {
+		return nil
+	}
 	if err := os.Remove(filepath.Join(s.stateDir, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	s.setHasState(id, false)
 	return nil
+}
+
+func (s *Store) hasState(id string) bool {
+	s.statesMu.Lock()
+	defer s.statesMu.Unlock()
+	return s.states[id]
+}
+
+func (s *Store) setHasState(id string, has bool) {
+	s.statesMu.Lock()
+	defer s.statesMu.Unlock()
+	if has {
+		s.states[id] = true
+	} else {
+		delete(s.states, id)
+	}
 }
 
 // Quarantine moves a message that cannot be decoded to corrupt/, so that
@@ -459,11 +494,18 @@ func (s *Store) Recover() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	kept := map[string]bool{}
 	for _, e := range states {
 		if !have[strings.TrimSuffix(e.Name(), ".tmp")] || strings.HasSuffix(e.Name(), ".tmp") {
 			os.Remove(filepath.Join(s.stateDir, e.Name()))
+			continue
 		}
+		kept[e.Name()] = true
 	}
+	// Under the spool lock now: what is on disk is the truth from here on.
+	s.statesMu.Lock()
+	s.states = kept
+	s.statesMu.Unlock()
 	return ids, nil
 }
 

@@ -59,8 +59,20 @@ func TestCommitOpenRemove(t *testing.T) {
 	if err != nil || loaded.Recipients[0].Status != StatusDelivered || loaded.Recipients[1].Status != StatusPending {
 		t.Fatalf("state round trip: %+v, %v", loaded, err)
 	}
+	// The store remembers which messages have a state file; a store
+	// opened afresh (a restart) must find it on disk.
+	reopened, err := Open(s.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loaded, err := reopened.LoadState(m.Envelope); err != nil || loaded.Recipients[0].Status != StatusDelivered {
+		t.Fatalf("state after reopening: %+v, %v", loaded, err)
+	}
 	if err := s.Remove(p.ID()); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir(), "state", p.ID())); !os.IsNotExist(err) {
+		t.Fatalf("state file left behind after Remove: %v", err)
 	}
 	if ids, _ := s.List(); len(ids) != 0 {
 		t.Fatalf("removed message still listed: %v", ids)

@@ -82,6 +82,9 @@ func NewState(env Envelope) State {
 
 // LoadState reads the state of message env, or returns a fresh one.
 func (s *Store) LoadState(env Envelope) (State, error) {
+	if !s.hasState(env.ID) {
+		return NewState(env), nil
+	}
 	raw, err := os.ReadFile(filepath.Join(s.stateDir, env.ID))
 	if errors.Is(err, fs.ErrNotExist) {
 		return NewState(env), nil
@@ -107,7 +110,11 @@ func (s *Store) SaveState(id string, st State) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(s.stateDir, id), raw)
+	if err := writeFileAtomic(filepath.Join(s.stateDir, id), raw); err != nil {
+		return err
+	}
+	s.setHasState(id, true)
+	return nil
 }
 
 // writeFileAtomic writes data to path so that a reader sees the old
