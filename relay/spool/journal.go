@@ -221,7 +221,7 @@ func encodeRecord(typ byte, parts ...[]byte) []byte {
 
 // commitMessage makes a message durable in the journal.
 func (j *journal) commitMessage(env Envelope, body []byte) error {
-	hdr, err := json.Marshal(env)
+	hdr, err := env.appendJSON(nil)
 	if err != nil {
 		return err
 	}

@@ -272,7 +272,7 @@ func (p *Pending) Commit() error {
 		return nil
 	}
 	final := filepath.Join(p.store.msgDir, p.env.ID)
-	trailer, err := json.Marshal(p.env)
+	trailer, err := p.env.appendJSON(nil)
 	if err == nil {
 		p.w.WriteByte('\n')
 		p.w.Write(trailer)

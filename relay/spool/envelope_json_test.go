@@ -1,0 +1,43 @@
+package spool
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+func checkEnvelopeJSON(t *testing.T, env Envelope) {
+	t.Helper()
+	want, wantErr := json.Marshal(env)
+	got, err := env.appendJSON(nil)
+	if (err != nil) != (wantErr != nil) {
+		t.Fatalf("error %v, encoding/json says %v", err, wantErr)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("appendJSON differs from encoding/json:\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestEnvelopeJSONMatchesEncodingJSON(t *testing.T) {
+	at := time.Date(2026, 11, 22, 10, 0, 0, 123456789, time.UTC)
+	for _, env := range []Envelope{
+		{},
+		{ID: "1a202ab1f68g475so2c5drsvmdz", From: "app@sender.test", Recipients: []string{"a@example.test", "b@example.test"}, Received: at, Size: 1024},
+		{From: "", Recipients: []string{}, Received: at.In(time.FixedZone("x", 3600)), Bounce: true},
+		{Client: "127.0.0.1:4242", Helo: "legacy.app", Prepend: "DKIM-Signature: v=1;\r\n\tb=abc\r\n", Received: at},
+		{From: "\"quoted\\name\"@x <&> \u2028\u2029 \x00\x01\x1f\x7f \b\f é \xff\xfe", Recipients: []string{"ünï@ex.test"}},
+		{Received: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+	} {
+		checkEnvelopeJSON(t, env)
+	}
+}
+
+func FuzzEnvelopeJSON(f *testing.F) {
+	f.Add("id", "from@x.test", "rcpt@y.test", "127.0.0.1:1", "helo", "DKIM-Signature: a\r\n", int64(5), int64(1763800000), false)
+	f.Add("<>", "\u2028", "\xff", "\x00", "&amp;", "\t\b\f", int64(-1), int64(-70000000000), true)
+	f.Fuzz(func(t *testing.T, id, from, rcpt, client, helo, prepend string, size, unix int64, bounce bool) {
+		checkEnvelopeJSON(t, Envelope{ID: id, From: from, Recipients: []string{rcpt, from}, Received: time.Unix(unix, size).UTC(),
+			Client: client, Helo: helo, Bounce: bounce, Prepend: prepend, Size: size})
+	})
+}
