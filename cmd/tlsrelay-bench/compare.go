@@ -23,15 +23,19 @@ type benchCase struct {
 	Sessions int
 	Messages int
 	NewConn  bool // a new connection per message, as smtp-source without -d
+	// SMTPSource runs Postfix's smtp-source as the load generator instead
+	// of this tool's own (the reference load; skipped if absent).
+	SMTPSource bool
 }
 
 var cases = []benchCase{
-	{"1 KiB, 1 session", 1 << 10, 1, 2000, false},
-	{"1 KiB, 16 sessions", 1 << 10, 16, 10000, false},
-	{"1 KiB, 16 sessions, new conn/msg", 1 << 10, 16, 10000, true},
-	{"1 KiB, 64 sessions", 1 << 10, 64, 10000, false},
-	{"1 MiB, 8 sessions", 1 << 20, 8, 200, false},
-	{"50 MiB, 1 message", 50 << 20, 1, 1, false},
+	{"1 KiB, 1 session", 1 << 10, 1, 2000, false, false},
+	{"1 KiB, 16 sessions", 1 << 10, 16, 10000, false, false},
+	{"1 KiB, 16 sessions, new conn/msg", 1 << 10, 16, 10000, true, false},
+	{"1 KiB, 16 sessions, new conn/msg, smtp-source", 1 << 10, 16, 10000, true, true},
+	{"1 KiB, 64 sessions", 1 << 10, 64, 10000, false, false},
+	{"1 MiB, 8 sessions", 1 << 20, 8, 200, false, false},
+	{"50 MiB, 1 message", 50 << 20, 1, 1, false, false},
 }
 
 // target is one SMTP server in front of the sink (or the sink itself).
@@ -46,6 +50,9 @@ type row struct {
 	Target  string
 	Res     loadResult
 	RSSGrow int64 // peak RSS growth in bytes during the case (tlsrelay only)
+	// CPUPerMsg is the relay process's CPU time (user+system) per
+	// message (tlsrelay only).
+	CPUPerMsg time.Duration
 }
 
 func cmdCompare(args []string) error {
@@ -98,27 +105,41 @@ func cmdCompare(args []string) error {
 
 	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	var rows []row
+	smtpSource, _ := exec.LookPath("smtp-source")
 	for _, c := range cases {
 		if *quick {
 			c.Messages = max(1, c.Messages/5)
 		}
+		if c.SMTPSource && smtpSource == "" {
+			fmt.Printf("  %-34s skipped: smtp-source is not installed (apt-get install postfix)\n", c.Name)
+			continue
+		}
+		load := runLoad
+		if c.SMTPSource {
+			load = func(spec loadSpec) (loadResult, error) { return runSMTPSource(smtpSource, spec) }
+		}
 		for _, t := range targets {
 			// A short warm-up: connections, pools, page cache.
 			if c.Size <= 1<<20 {
-				runLoad(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: max(c.Sessions, c.Messages/20), Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: time.Minute})
+				load(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: max(c.Sessions, c.Messages/20), Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: time.Minute})
 			}
 			var before int64
+			var cpuBefore time.Duration
 			if t.PID != 0 {
 				resetPeakRSS(t.PID)
 				before = rss(t.PID, "VmRSS")
+				cpuBefore = cpuTime(t.PID)
 			}
-			res, err := runLoad(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: c.Messages, Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: 10 * time.Minute})
+			res, err := load(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: c.Messages, Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: 10 * time.Minute})
 			if err != nil {
 				return err
 			}
 			r := row{Case: c, Target: t.Name, Res: res}
 			if t.PID != 0 {
 				r.RSSGrow = rss(t.PID, "VmHWM") - before
+				if res.Sent > 0 {
+					r.CPUPerMsg = (cpuTime(t.PID) - cpuBefore) / time.Duration(res.Sent)
+				}
 			}
 			rows = append(rows, r)
 			fmt.Printf("  %-34s %-11s %8.0f msgs/s %8.2f MB/s  p50 %-9v p99 %-9v confirmed %d/%d errors %d\n", c.Name, t.Name,
@@ -147,14 +168,14 @@ func cmdCompare(args []string) error {
 
 func renderTable(rows []row, targets []target) string {
 	var b strings.Builder
-	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth | relay CPU/msg |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	rate := map[string]float64{}
 	for _, r := range rows {
 		rate[r.Case.Name+"/"+r.Target] = r.Res.MsgsPerSec()
 	}
 	for _, r := range rows {
-		vsLimit, vsPostfix, grow := "", "", ""
+		vsLimit, vsPostfix, grow, cpu := "", "", "", ""
 		if r.Target != "sink alone" {
 			vsLimit = fmt.Sprintf("%.0f%%", 100*r.Res.MsgsPerSec()/rate[r.Case.Name+"/sink alone"])
 		}
@@ -163,14 +184,18 @@ func renderTable(rows []row, targets []target) string {
 		}
 		if r.Target == "tlsrelay" {
 			grow = fmt.Sprintf("%.1f MiB", float64(max(r.RSSGrow, 0))/(1<<20))
+			cpu = r.CPUPerMsg.Round(time.Microsecond).String()
 		}
 		if r.Res.Sent == 0 && r.Res.FirstError != "" {
-			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
+			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %v | %v | %v | %d/%d | %s | %s | %s |\n", r.Case.Name, r.Target,
-			r.Res.MsgsPerSec(), r.Res.MBPerSec(), r.Res.P50.Round(10*time.Microsecond), r.Res.P90.Round(10*time.Microsecond),
-			r.Res.P99.Round(10*time.Microsecond), r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow)
+		p50, p90, p99 := "n/a", "n/a", "n/a" // smtp-source does not time messages
+		if !r.Case.SMTPSource {
+			p50, p90, p99 = r.Res.P50.Round(10*time.Microsecond).String(), r.Res.P90.Round(10*time.Microsecond).String(), r.Res.P99.Round(10*time.Microsecond).String()
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %s | %s | %s | %d/%d | %s | %s | %s | %s |\n", r.Case.Name, r.Target,
+			r.Res.MsgsPerSec(), r.Res.MBPerSec(), p50, p90, p99, r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow, cpu)
 	}
 	return b.String()
 }
@@ -185,7 +210,7 @@ max_connections_per_ip = 5000
 [queue]
 dir = %q
 [log]
-level = "warn"
+level = "info"
 format = "json"
 [[destination]]
 domains = ["*"]

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -39,5 +41,39 @@ func TestRefusesNonLoopback(t *testing.T) {
 	}
 	if err := loopbackOnly("127.0.0.1:25", "[::1]:25"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestSMTPSourceAgainstSink checks the smtp-source driver's counts, where
+// Postfix's smtp-source is installed.
+func TestSMTPSourceAgainstSink(t *testing.T) {
+	bin, err := exec.LookPath("smtp-source")
+	if err != nil {
+		t.Skip("smtp-source not installed (apt-get install postfix)")
+	}
+	s, err := startBenchSink("127.0.0.1:0", "mx.bench.test", filepath.Join(t.TempDir(), "ca.pem"), false, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := runSMTPSource(bin, loadSpec{To: s.Addr(), Sessions: 4, Messages: 40, Size: 1024, NewConn: true,
+		SinkCount: httpCount("http://" + s.stats + "/count"), Timeout: 30 * time.Second})
+	if err != nil || res.FirstError != "" {
+		t.Fatal(err, res.FirstError)
+	}
+	if res.Sent != 40 || res.Confirmed != 40 || s.Count() != 40 || res.EndToEnd <= 0 {
+		t.Fatalf("%+v, sink count %d", res, s.Count())
+	}
+}
+
+func TestCPUTime(t *testing.T) {
+	before := cpuTime(os.Getpid())
+	for start := time.Now(); time.Since(start) < 150*time.Millisecond; {
+	}
+	used := cpuTime(os.Getpid()) - before
+	// Spinning 150 ms of wall time uses about that much CPU; the bounds
+	// are loose, the point is the parsing of /proc/PID/stat.
+	if used < 50*time.Millisecond || used > 10*time.Second {
+		t.Fatalf("spinning for 150 ms used %v of CPU by /proc", used)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -176,6 +177,34 @@ func (s *scripted) serve(c net.Conn) {
 			s.keep(string(chunk))
 			rcpts = 0
 			say("250 2.0.0 queued")
+		case "AUTH":
+			// LOGIN only (RFC draft-murchison-sasl-login): the one mechanism
+			// go-smtp's server used in tests does not speak.
+			mech, ir, _ := strings.Cut(arg, " ")
+			if !strings.EqualFold(mech, "LOGIN") {
+				say("504 5.5.4 mechanism not supported")
+				continue
+			}
+			var creds []string
+			prompts := []string{"VXNlcm5hbWU6", "UGFzc3dvcmQ6"}
+			if ir != "" { // the user name as initial response, as go-sasl sends it
+				v, _ := base64.StdEncoding.DecodeString(ir)
+				creds, prompts = append(creds, string(v)), prompts[1:]
+			}
+			for _, prompt := range prompts {
+				say("334 " + prompt)
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				v, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(l))
+				creds = append(creds, string(v))
+			}
+			if creds[0] == "relayuser" && creds[1] == "right-password" {
+				say("235 2.7.0 authenticated")
+			} else {
+				say("535 5.7.8 authentication failed")
+			}
 		case "RSET":
 			rcpts = 0
 			say("250 2.0.0 ok")
@@ -432,5 +461,40 @@ func TestSendCancelledByContext(t *testing.T) {
 	_, err := c.Send(ctx, "app@sender.test", []string{"a@example.test"}, body(big), false)
 	if err == nil {
 		t.Fatal("a cancelled delivery went through")
+	}
+}
+
+func TestAuthLogin(t *testing.T) {
+	up, dest := startScripted(t, "PIPELINING", "CHUNKING", "AUTH LOGIN")
+	dest.AuthUsername = "relayuser"
+	for _, tc := range []struct {
+		password string
+		ok       bool
+	}{{"right-password", true}, {"wrong-password", false}} {
+		dest.AuthPassword = policy.Secret(tc.password)
+		c, err := (&Dialer{LocalName: "relay.test", Timeout: 10 * time.Second}).Dial(context.Background(), dest)
+		if tc.ok {
+			if err != nil {
+				t.Fatalf("good password: %v", err)
+			}
+			c.Close()
+			continue
+		}
+		var f *policy.Failure
+		if !errors.As(err, &f) || f.Class != policy.Auth || f.Permanent || !strings.Contains(f.Detail, "535") {
+			t.Fatalf("wrong password: %v, want a temporary auth failure naming the reply", err)
+		}
+		if strings.Contains(f.Error(), tc.password) {
+			t.Fatal("the password appears in the failure")
+		}
+	}
+	var logins int
+	for _, c := range up.commands() {
+		if strings.HasPrefix(c.line, "AUTH LOGIN") {
+			logins++
+		}
+	}
+	if logins != 2 {
+		t.Fatalf("%d AUTH LOGIN commands, want 2", logins)
 	}
 }
