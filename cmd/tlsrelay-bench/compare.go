@@ -53,6 +53,10 @@ type row struct {
 	// CPUPerMsg is the relay process's CPU time (user+system) per
 	// message (tlsrelay only).
 	CPUPerMsg time.Duration
+	// SinkCPUPerMsg is this process's CPU time per message: the sink's
+	// when smtp-source generates the load (else it includes the
+	// generator and is not shown).
+	SinkCPUPerMsg time.Duration
 }
 
 func cmdCompare(args []string) error {
@@ -125,6 +129,7 @@ func cmdCompare(args []string) error {
 			}
 			var before int64
 			var cpuBefore time.Duration
+			selfBefore := cpuTime(os.Getpid())
 			if t.PID != 0 {
 				resetPeakRSS(t.PID)
 				before = rss(t.PID, "VmRSS")
@@ -135,6 +140,9 @@ func cmdCompare(args []string) error {
 				return err
 			}
 			r := row{Case: c, Target: t.Name, Res: res}
+			if res.Sent > 0 {
+				r.SinkCPUPerMsg = (cpuTime(os.Getpid()) - selfBefore) / time.Duration(res.Sent)
+			}
 			if t.PID != 0 {
 				r.RSSGrow = rss(t.PID, "VmHWM") - before
 				if res.Sent > 0 {
@@ -168,14 +176,14 @@ func cmdCompare(args []string) error {
 
 func renderTable(rows []row, targets []target) string {
 	var b strings.Builder
-	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth | relay CPU/msg |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth | relay CPU/msg | sink CPU/msg |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	rate := map[string]float64{}
 	for _, r := range rows {
 		rate[r.Case.Name+"/"+r.Target] = r.Res.MsgsPerSec()
 	}
 	for _, r := range rows {
-		vsLimit, vsPostfix, grow, cpu := "", "", "", ""
+		vsLimit, vsPostfix, grow, cpu, sinkCPU := "", "", "", "", ""
 		if r.Target != "sink alone" {
 			vsLimit = fmt.Sprintf("%.0f%%", 100*r.Res.MsgsPerSec()/rate[r.Case.Name+"/sink alone"])
 		}
@@ -187,15 +195,17 @@ func renderTable(rows []row, targets []target) string {
 			cpu = r.CPUPerMsg.Round(time.Microsecond).String()
 		}
 		if r.Res.Sent == 0 && r.Res.FirstError != "" {
-			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
+			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
 			continue
 		}
 		p50, p90, p99 := "n/a", "n/a", "n/a" // smtp-source does not time messages
-		if !r.Case.SMTPSource {
+		if r.Case.SMTPSource {
+			sinkCPU = r.SinkCPUPerMsg.Round(time.Microsecond).String()
+		} else {
 			p50, p90, p99 = r.Res.P50.Round(10*time.Microsecond).String(), r.Res.P90.Round(10*time.Microsecond).String(), r.Res.P99.Round(10*time.Microsecond).String()
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %s | %s | %s | %d/%d | %s | %s | %s | %s |\n", r.Case.Name, r.Target,
-			r.Res.MsgsPerSec(), r.Res.MBPerSec(), p50, p90, p99, r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow, cpu)
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s |\n", r.Case.Name, r.Target,
+			r.Res.MsgsPerSec(), r.Res.MBPerSec(), p50, p90, p99, r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow, cpu, sinkCPU)
 	}
 	return b.String()
 }
