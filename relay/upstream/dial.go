@@ -46,8 +46,10 @@ type Conn struct {
 	raw net.Conn          // the TCP connection
 	tc  *tls.Conn         // the verified TLS connection over it
 	r   *textproto.Reader // replies, read from tc
-	w   *bufio.Writer     // commands and bodies, written to tc
-	ext map[string]string // EHLO keywords offered over TLS, upper case
+	// budget bounds what one reply may make r read.
+	budget *budgetReader
+	w      *bufio.Writer     // commands and bodies, written to tc
+	ext    map[string]string // EHLO keywords offered over TLS, upper case
 	// sent counts the messages sent over this connection.
 	sent int
 	// open is set while a transaction is unfinished (MAIL said, no final

@@ -28,6 +28,8 @@ type scripted struct {
 	ln     net.Listener
 	ext    []string
 	refuse map[string]bool // RCPT answered 550
+	// mailReply, if set, replaces the reply to MAIL.
+	mailReply string
 	// fail421 makes the MAIL of the n-th transaction (counted from 1
 	// over all connections) be answered 421, after which it hangs up.
 	fail421 int
@@ -126,6 +128,10 @@ func (s *scripted) serve(c net.Conn) {
 				return
 			}
 			rcpts = 0
+			if s.mailReply != "" {
+				say(s.mailReply)
+				continue
+			}
 			say("250 2.1.0 ok")
 		case "RCPT":
 			addr := strings.Trim(strings.TrimPrefix(strings.ToUpper(arg), "TO:"), "<>")
@@ -496,5 +502,23 @@ func TestAuthLogin(t *testing.T) {
 	}
 	if logins != 2 {
 		t.Fatalf("%d AUTH LOGIN commands, want 2", logins)
+	}
+}
+
+func TestSendRefusesAnEndlessReply(t *testing.T) {
+	up, dest := startScripted(t, "PIPELINING", "CHUNKING")
+	up.mailReply = "250 " + strings.Repeat("x", 1<<20)
+	c := dial(t, dest)
+	defer c.Close()
+	_, err := c.Send(context.Background(), "app@sender.test", []string{"a@example.test"}, body(testBody), false)
+	if !errors.Is(err, errReplyTooLong) {
+		t.Fatalf("a 1 MiB reply line: %v, want errReplyTooLong", err)
+	}
+	// A long but bounded multi-line reply is fine.
+	up.mailReply = strings.Repeat("250-"+strings.Repeat("y", 900)+"\r\n", 40) + "250 ok"
+	fresh := dial(t, dest)
+	defer fresh.Close()
+	if _, err := fresh.Send(context.Background(), "app@sender.test", []string{"a@example.test"}, body(testBody), false); err != nil {
+		t.Fatalf("a 36 KiB reply: %v", err)
 	}
 }

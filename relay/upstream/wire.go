@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/textproto"
 	"strconv"
 	"strings"
@@ -65,8 +66,31 @@ func (r reply) err() *smtp.SMTPError {
 	return se
 }
 
+// maxReply bounds the bytes read for one reply: an upstream cannot make
+// the relay hold an endless line in memory.
+const maxReply = 64 << 10
+
+// errReplyTooLong is returned when a reply exceeds maxReply.
+var errReplyTooLong = errors.New("the upstream's reply is longer than 64 KiB")
+
+// budgetReader fails once more than its budget has been read from it.
+type budgetReader struct {
+	r      io.Reader
+	budget int
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.budget <= 0 {
+		return 0, errReplyTooLong
+	}
+	n, err := b.r.Read(p[:min(len(p), b.budget)])
+	b.budget -= n
+	return n, err
+}
+
 // readReply reads one reply, of any code.
 func (c *Conn) readReply() (reply, error) {
+	c.budget.budget = maxReply // bytes read ahead for this reply were charged to the last
 	code, text, err := c.r.ReadResponse(0)
 	if err != nil {
 		var pe textproto.ProtocolError
@@ -191,6 +215,7 @@ func (c *Conn) quit() {
 
 // newWire sets up buffered reading and writing over the TLS connection.
 func (c *Conn) newWire() {
-	c.r = textproto.NewReader(bufio.NewReaderSize(c.tc, 4096))
+	c.budget = &budgetReader{r: c.tc}
+	c.r = textproto.NewReader(bufio.NewReaderSize(c.budget, 4096))
 	c.w = bufio.NewWriterSize(c.tc, writeBuffer)
 }
