@@ -8,8 +8,9 @@ import (
 
 // appendJSON appends the envelope as encoding/json would marshal it, byte
 // for byte (FuzzEnvelopeJSON holds it to that). It exists because every
-// accepted message writes one: json.Marshal's reflection and type-cache
-// lookups were a twentieth of the relay's CPU per message.
+// accepted message writes one, and in a CPU profile of the relay under
+// load json.Marshal's reflection and type-cache lookups took 6 % of the
+// samples (4x slower than this even in a warm micro-benchmark).
 func (e *Envelope) appendJSON(b []byte) ([]byte, error) {
 	if y := e.Received.Year(); y < 0 || y > 9999 {
 		return nil, &time.ParseError{Layout: time.RFC3339Nano, Message: ": year outside of range [0,9999]"}
