@@ -78,16 +78,42 @@ func message(size int) []byte {
 	return []byte(b.String())
 }
 
+// sinkCountNow is the sink's count before a run (0 without a sink count).
+func (spec loadSpec) sinkCountNow() (int, error) {
+	if spec.SinkCount == nil {
+		return 0, nil
+	}
+	return spec.SinkCount()
+}
+
+// awaitSink waits until the sink has counted every message sent (or the
+// spec's timeout passes) and records the end-to-end time from start.
+func (res *loadResult) awaitSink(spec loadSpec, before int, start time.Time) error {
+	if spec.SinkCount == nil {
+		return nil
+	}
+	deadline := time.Now().Add(spec.Timeout)
+	for {
+		n, err := spec.SinkCount()
+		if err != nil {
+			return err
+		}
+		res.Confirmed = n - before
+		if res.Confirmed >= res.Sent || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	res.EndToEnd = time.Since(start)
+	return nil
+}
+
 func runLoad(spec loadSpec) (loadResult, error) {
 	var res loadResult
 	body := message(spec.Size)
-	before := 0
-	if spec.SinkCount != nil {
-		n, err := spec.SinkCount()
-		if err != nil {
-			return res, err
-		}
-		before = n
+	before, err := spec.sinkCountNow()
+	if err != nil {
+		return res, err
 	}
 	var next atomic.Int64
 	var mu sync.Mutex
@@ -149,20 +175,8 @@ func runLoad(spec loadSpec) (loadResult, error) {
 	res.Submit = time.Since(start)
 	res.Sent = len(lat)
 	res.Bytes = int64(len(lat)) * int64(len(body))
-	if spec.SinkCount != nil {
-		deadline := time.Now().Add(spec.Timeout)
-		for {
-			n, err := spec.SinkCount()
-			if err != nil {
-				return res, err
-			}
-			res.Confirmed = n - before
-			if res.Confirmed >= res.Sent || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		res.EndToEnd = time.Since(start)
+	if err := res.awaitSink(spec, before, start); err != nil {
+		return res, err
 	}
 	slices.Sort(lat)
 	pct := func(p float64) time.Duration {

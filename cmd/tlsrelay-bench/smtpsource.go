@@ -18,13 +18,9 @@ func runSMTPSource(bin string, spec loadSpec) (loadResult, error) {
 	if err := loopbackOnly(spec.To); err != nil {
 		return res, err
 	}
-	before := 0
-	if spec.SinkCount != nil {
-		n, err := spec.SinkCount()
-		if err != nil {
-			return res, err
-		}
-		before = n
+	before, err := spec.sinkCountNow()
+	if err != nil {
+		return res, err
 	}
 	args := []string{"-s", strconv.Itoa(spec.Sessions), "-m", strconv.Itoa(spec.Messages), "-l", strconv.Itoa(spec.Size),
 		"-f", "bench@load.test", "-t", "sink@bench.test", "-M", "load.test"}
@@ -41,20 +37,8 @@ func runSMTPSource(bin string, spec loadSpec) (loadResult, error) {
 	}
 	res.Sent = spec.Messages
 	res.Bytes = int64(spec.Messages) * int64(spec.Size)
-	if spec.SinkCount != nil {
-		deadline := time.Now().Add(spec.Timeout)
-		for {
-			n, err := spec.SinkCount()
-			if err != nil {
-				return res, err
-			}
-			res.Confirmed = n - before
-			if res.Confirmed >= res.Sent || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(2 * time.Millisecond)
-		}
-		res.EndToEnd = time.Since(start)
+	if err := res.awaitSink(spec, before, start); err != nil {
+		return res, err
 	}
 	return res, nil
 }

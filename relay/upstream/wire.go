@@ -39,7 +39,9 @@ type reply struct {
 	text string
 }
 
-func (r reply) ok() bool { return r.code >= 200 && r.code < 400 }
+// ok reports a positive completion (2xx): what MAIL, RCPT and the end of
+// the body must get. DATA's 354 is checked where it is expected.
+func (r reply) ok() bool { return r.code/100 == 2 }
 
 // err returns the reply as an *smtp.SMTPError, enhanced code parsed.
 func (r reply) err() *smtp.SMTPError {
