@@ -177,6 +177,9 @@ func (s *session) Data(r io.Reader) error {
 		s.log.Error("cannot create spool file", "error", err)
 		return errSpool
 	}
+	if s.reject != nil {
+		p.ForDirectDelivery()
+	}
 	buf := copyBuffers.Get().(*[]byte)
 	_, err = io.CopyBuffer(p, &linecheck.Reader{R: r}, *buf)
 	copyBuffers.Put(buf)

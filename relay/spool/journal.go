@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -93,6 +95,12 @@ type journal struct {
 	writing bool
 	nextSeq uint64
 	syncs   int // fdatasyncs done, for tests of the group commit
+	// coming counts messages being received that will commit to the
+	// journal (Create to Commit or Abort); arrived wakes a lingering
+	// leader when one of them is queued.
+	coming  atomic.Int64
+	arrived chan struct{}
+	linger  *time.Timer
 	// skip reports ids that exist as files in msg/: a spilled message
 	// whose done record was lost in a crash.
 	skip func(id string) bool
@@ -102,7 +110,7 @@ func openJournal(dir string, skip func(string) bool) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip}
+	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip, arrived: make(chan struct{}, 1)}
 	j.cond = sync.NewCond(&j.mu)
 	if err := j.load(); err != nil {
 		return nil, err
@@ -257,14 +265,18 @@ func (j *journal) submit(req *jreq) error {
 		return errors.New("spool: journal not open for writing (Recover first)")
 	}
 	j.queue = append(j.queue, req)
+	if req.durable {
+		j.wake()
+	}
 	for !req.done {
 		if j.writing {
 			j.cond.Wait()
 			continue
 		}
+		j.writing = true
+		j.gather()
 		batch := j.queue
 		j.queue = nil
-		j.writing = true
 		seg, err := j.current()
 		if err == nil {
 			j.mu.Unlock()
@@ -283,6 +295,55 @@ func (j *journal) submit(req *jreq) error {
 		j.cond.Broadcast()
 	}
 	return req.err
+}
+
+// lingerMax bounds how long a group's leader waits for messages that are
+// being received to join its fdatasync.
+var lingerMax = 200 * time.Microsecond
+
+// gather lets messages that are being received right now join the group
+// about to be synced, for at most lingerMax: one fdatasync for more of
+// them. Called by the leader with j.mu held; it may release it.
+func (j *journal) gather() {
+	var deadline time.Time
+	for {
+		queued := int64(0)
+		for _, r := range j.queue {
+			if r.durable {
+				queued++
+			}
+		}
+		if queued == 0 || j.coming.Load() <= queued {
+			return
+		}
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(lingerMax)
+		}
+		if !now.Before(deadline) {
+			return
+		}
+		if j.linger == nil {
+			j.linger = time.NewTimer(deadline.Sub(now))
+		} else {
+			j.linger.Reset(deadline.Sub(now))
+		}
+		j.mu.Unlock()
+		select {
+		case <-j.arrived:
+		case <-j.linger.C:
+		}
+		j.linger.Stop()
+		j.mu.Lock()
+	}
+}
+
+// wake tells a lingering leader that what it waits for has changed.
+func (j *journal) wake() {
+	select {
+	case j.arrived <- struct{}{}:
+	default:
+	}
 }
 
 // current returns the segment to append to, starting a new one when there

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // openRecovered opens a spool the way the relay does at start.
@@ -213,6 +214,62 @@ func TestJournalGroupCommit(t *testing.T) {
 			t.Fatalf("message %d: %q", i, got)
 		}
 	}
+}
+
+// TestGroupWaitsForMessagesBeingReceived: a commit while another message
+// is still being received waits (up to lingerMax) for it, so both share one
+// fdatasync; when the other is aborted or outgrows the journal instead,
+// the waiting commit goes at once.
+func TestGroupWaitsForMessagesBeingReceived(t *testing.T) {
+	saved := lingerMax
+	lingerMax = time.Minute // long enough that only the right wake-up ends a wait
+	defer func() { lingerMax = saved }()
+	s := openRecovered(t, t.TempDir())
+	syncs := func() int {
+		s.j.mu.Lock()
+		defer s.j.mu.Unlock()
+		return s.j.syncs
+	}
+	commitWhile := func(other func(*Pending)) {
+		t.Helper()
+		first, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+		second, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+		io.WriteString(first, "one")
+		done := make(chan error, 1)
+		go func() { done <- first.Commit() }()
+		select {
+		case err := <-done:
+			t.Fatalf("the first commit did not wait for the message being received (err %v)", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+		other(second)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the first commit is still waiting after the other message finished")
+		}
+	}
+	before := syncs()
+	commitWhile(func(p *Pending) {
+		io.WriteString(p, "two")
+		if err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n := syncs() - before; n != 1 {
+		t.Errorf("two messages committed together took %d fdatasyncs, want 1", n)
+	}
+	commitWhile(func(p *Pending) { p.Abort() })
+	commitWhile(func(p *Pending) { p.ForDirectDelivery() })
+	commitWhile(func(p *Pending) {
+		io.WriteString(p, strings.Repeat("x", journalMaxMessage+1)) // to a file of its own
+		if err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func FuzzJournalRecords(f *testing.F) {

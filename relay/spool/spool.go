@@ -172,6 +172,9 @@ type Pending struct {
 	n    int64
 	off  int64 // where the body starts
 	done bool
+	// coming is set while the journal counts this message among those
+	// about to commit (see journal.gather).
+	coming bool
 	// anonymous is set for an O_TMPFILE file, which has no name until
 	// Commit links it into msg/ (and vanishes by itself if we crash).
 	anonymous bool
@@ -190,12 +193,31 @@ func (s *Store) Create(env Envelope) (*Pending, error) {
 		if err := p.toFile(); err != nil {
 			return nil, err
 		}
+		return p, nil
 	}
+	p.coming = true
+	s.j.coming.Add(1)
 	return p, nil
+}
+
+// ForDirectDelivery marks a message that is delivered before the client
+// gets its reply and never committed (reject mode): commits in progress do
+// not wait for it to join their group.
+func (p *Pending) ForDirectDelivery() { p.notComing() }
+
+// notComing tells the journal this message will not (or no longer) join
+// a group commit, and wakes a leader that may be waiting for it.
+func (p *Pending) notComing() {
+	if p.coming {
+		p.coming = false
+		p.store.j.coming.Add(-1)
+		p.store.j.wake()
+	}
 }
 
 // toFile moves the body received so far from memory to a file.
 func (p *Pending) toFile() error {
+	p.notComing()
 	f, anon, err := p.store.createFile(p.env.ID)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
@@ -266,7 +288,9 @@ func (p *Pending) Commit() error {
 	p.done = true
 	p.env.Size = p.n
 	if p.f == nil {
-		if err := p.store.j.commitMessage(p.env, p.mem); err != nil {
+		err := p.store.j.commitMessage(p.env, p.mem)
+		p.notComing()
+		if err != nil {
 			return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
 		}
 		return nil
@@ -309,6 +333,7 @@ func (p *Pending) Abort() {
 		return
 	}
 	p.done = true
+	p.notComing()
 	if p.f == nil {
 		return
 	}
