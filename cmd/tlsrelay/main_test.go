@@ -223,13 +223,7 @@ func TestKill9LosesNothing(t *testing.T) {
 	spool := t.TempDir()
 	cfg := writeConfig(t, spool, upAddr, fx.caFile)
 	p := startBinary(t, cfg)
-	for i := 0; i < 5; i++ {
-		if err := plainSend(p.addr, fmt.Sprintf("u%d@e2e.test", i), fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i)); err != nil {
-			t.Fatalf("submit %d: %v", i, err)
-		}
-	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	submitThenKill(t, p, 5, "u", "")
 
 	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
 	if err != nil {
@@ -391,13 +385,7 @@ func TestKill9WithMessagesInTheJournal(t *testing.T) {
 	upAddr := hang.Addr().String()
 	cfg := writeConfig(t, t.TempDir(), upAddr, fx.caFile)
 	p := startBinary(t, cfg)
-	for i := 0; i < 5; i++ {
-		if err := plainSend(p.addr, fmt.Sprintf("j%d@e2e.test", i), fmt.Sprintf("Subject: journal %d\r\n\r\nbody\r\n", i)); err != nil {
-			t.Fatalf("submit %d: %v", i, err)
-		}
-	}
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	submitThenKill(t, p, 5, "j", "journal ")
 	hang.Close()
 	mu.Lock()
 	for _, c := range held {
@@ -421,4 +409,17 @@ func TestKill9WithMessagesInTheJournal(t *testing.T) {
 	if len(seen) != 5 {
 		t.Errorf("delivered to %v, want 5 distinct recipients", seen)
 	}
+}
+
+// submitThenKill has n messages accepted (each answered 250) by the
+// running binary, then kills it with SIGKILL: no chance to flush anything.
+func submitThenKill(t *testing.T, p *proc, n int, user, subject string) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if err := plainSend(p.addr, fmt.Sprintf("%s%d@e2e.test", user, i), fmt.Sprintf("Subject: %s%d\r\n\r\nbody\r\n", subject, i)); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
 }
