@@ -91,6 +91,10 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		r.recordExpiry(conn)
 	}
 	r.pool.Put(conn)
+	if n := r.queue.destinationUp(dest.Name(), env.ID); n > 0 {
+		r.log.Info("destination works again; retrying the messages that waited for it now",
+			"destination", dest.Name(), "upstream", dest.Upstream, "messages", n)
+	}
 	return o
 }
 

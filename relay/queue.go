@@ -21,14 +21,19 @@ import (
 type queue struct {
 	r *Relay
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	items   map[string]*item
-	ready   []string
-	closed  bool
-	workers sync.WaitGroup
-	ctx     context.Context
-	cancel  context.CancelFunc
+	mu    sync.Mutex
+	cond  *sync.Cond
+	items map[string]*item
+	ready []string
+	// waiting lists, per destination name, the messages deferred because
+	// that destination failed (see waiting.go).
+	waiting map[string]map[string]bool
+	// released is when each destination last released its waiting ones.
+	released map[string]time.Time
+	closed   bool
+	workers  sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
 }
 
 type item struct {
@@ -38,6 +43,8 @@ type item struct {
 	running  bool
 	// again is set when the message became due while a worker had it.
 	again bool
+	// waitsOn names the destinations this message waits for.
+	waitsOn []string
 }
 
 func newQueue(r *Relay) *queue {
@@ -75,6 +82,11 @@ func (q *queue) recover() error {
 			continue
 		}
 		q.schedule(id, st.NextAttempt.Sub(now))
+		for _, rc := range st.Recipients {
+			if rc.Status == spool.StatusPending && rc.Destination != "" && waitsForDestination(policy.Class(rc.Class)) {
+				q.waitFor(id, rc.Destination)
+			}
+		}
 	}
 	if len(ids) > 0 {
 		q.r.log.Info("recovered queued messages", "count", len(ids))
@@ -225,7 +237,7 @@ func (q *queue) work() {
 		it.running = false
 		q.cond.Broadcast() // a control operation may wait for this item
 		if !keep {
-			delete(q.items, id)
+			q.dropLocked(id)
 		} else if it.again {
 			it.again = false
 			q.ready = append(q.ready, id)
@@ -275,7 +287,7 @@ func (q *queue) forget(id string) {
 	if it := q.items[id]; it != nil && it.timer != nil {
 		it.timer.Stop()
 	}
-	delete(q.items, id)
+	q.dropLocked(id)
 }
 
 // deliverQueued makes one delivery attempt for every pending recipient of
@@ -351,6 +363,9 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: dest.Upstream, Result: result}
 		if o.failure != nil {
 			a.Detail = o.failure.Detail
+			if waitsForDestination(o.failure.Class) {
+				r.queue.waitFor(id, dest.Name())
+			}
 		}
 		st.AddAttempt(a)
 		for _, i := range idx {

@@ -45,6 +45,9 @@ type Options struct {
 	Users map[string]string
 	// Refuse, if set, decides per recipient: a non-nil error refuses it.
 	Refuse func(rcpt string) *smtp.SMTPError
+	// RefuseMail, if set, decides per sender: a non-nil error refuses the
+	// whole transaction at MAIL.
+	RefuseMail func(from string) *smtp.SMTPError
 	// Discard counts messages without keeping them (for load tests).
 	Discard bool
 	// OnMessage, if set, is called for every message received.
@@ -223,6 +226,11 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 	if s.sink.opts.Users != nil && s.user == "" {
 		return smtp.ErrAuthRequired
+	}
+	if f := s.sink.opts.RefuseMail; f != nil {
+		if err := f(from); err != nil {
+			return err
+		}
 	}
 	s.from = from
 	return nil

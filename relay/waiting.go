@@ -1,0 +1,104 @@
+package relay
+
+import (
+	"slices"
+	"time"
+
+	"tlsrelay/policy"
+)
+
+// A message deferred because its destination could not be reached or
+// failed verification waits for that destination, not only for its own
+// backoff timer: as soon as any transaction with the destination completes
+// again (the operator renewed the certificate, the server is back), every
+// message waiting for it is retried at once. Without this, mail deferred
+// during a long outage would trickle out over up to retry_max (30 minutes
+// by default) after the fix.
+//
+// Only failures of the destination itself count: no connection, a TLS
+// verdict, a refused login. An upstream's 4xx may concern one message or
+// recipient (greylisting, a full mailbox), so such a message keeps its
+// backoff; otherwise every success would retry it at once, over and over.
+//
+// A destination releases its waiting messages at most once per retry_min:
+// an upstream that only now and then completes a transaction (overloaded,
+// half up) must not draw the whole backlog onto itself at every success.
+
+// waitsForDestination reports whether a failure of this class is the
+// destination's rather than the message's.
+func waitsForDestination(c policy.Class) bool {
+	return c == policy.Connect || c == policy.Auth || c.IsTLS()
+}
+
+// waitFor records that message id waits for destination dest (by name:
+// the name survives a reload, the *Destination does not).
+func (q *queue) waitFor(id, dest string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	it := q.items[id]
+	if it == nil || slices.Contains(it.waitsOn, dest) {
+		return
+	}
+	it.waitsOn = append(it.waitsOn, dest)
+	if q.waiting == nil {
+		q.waiting = map[string]map[string]bool{}
+	}
+	if q.waiting[dest] == nil {
+		q.waiting[dest] = map[string]bool{}
+	}
+	q.waiting[dest][id] = true
+}
+
+// destinationUp makes every message waiting for dest due now, and returns
+// how many there were. A message being delivered right now goes once more
+// when that attempt ends, unless it is self, the message whose attempt
+// just succeeded; a held one stays held (its attempt sees so).
+func (q *queue) destinationUp(dest, self string) int {
+	now := q.r.now()
+	every := q.r.Config().Queue.RetryMin.Duration
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ids := q.waiting[dest]
+	if len(ids) == 0 {
+		return 0
+	}
+	if last, ok := q.released[dest]; ok && now.Sub(last) < every {
+		return 0
+	}
+	if q.released == nil {
+		q.released = map[string]time.Time{}
+	}
+	q.released[dest] = now
+	delete(q.waiting, dest)
+	n := 0
+	for id := range ids {
+		it := q.items[id]
+		if it == nil {
+			continue
+		}
+		it.waitsOn = slices.DeleteFunc(it.waitsOn, func(d string) bool { return d == dest })
+		if id == self {
+			continue
+		}
+		if it.timer != nil {
+			it.timer.Stop()
+			it.timer = nil
+		}
+		q.makeReadyLocked(it)
+		n++
+	}
+	return n
+}
+
+// dropLocked forgets id entirely, including what it waits for.
+func (q *queue) dropLocked(id string) {
+	if it := q.items[id]; it != nil {
+		for _, dest := range it.waitsOn {
+			delete(q.waiting[dest], id)
+			if len(q.waiting[dest]) == 0 {
+				delete(q.waiting, dest)
+			}
+		}
+	}
+	delete(q.items, id)
+}

@@ -1,0 +1,147 @@
+package relay
+
+import (
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"tlsrelay/relay/sink"
+)
+
+// slowRetries is a test configuration whose backoff is an hour: any
+// message that goes again within the test went because its destination
+// worked again, not because its timer fired.
+func slowRetries(spool string) string {
+	cfg := strings.Replace(baseConfig(spool), `retry_min = "50ms"`, `retry_min = "1h"`, 1)
+	return strings.Replace(cfg, `retry_max = "200ms"`, `retry_max = "2h"`, 1)
+}
+
+// TestWaitingMailGoesWhenTheDestinationWorksAgain: messages deferred
+// because the upstream could not be reached go as soon as a transaction
+// with it completes again, not after their backoff; a message the upstream
+// itself deferred with a 4xx keeps its backoff.
+func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	addr := freePort(t)
+	tr := startRelay(t, slowRetries(t.TempDir())+destination("example.test", addr, p.caFile, "mx.example.test"))
+
+	for i := 0; i < 3; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	eventually(t, 10*time.Second, "three failed connect attempts", func() bool {
+		return strings.Count(tr.logs.String(), "failure=connect") >= 3
+	})
+
+	var greylisted atomic.Int64
+	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate(),
+		RefuseMail: func(from string) *smtp.SMTPError {
+			if strings.HasPrefix(from, "grey@") {
+				greylisted.Add(1)
+				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try later"}
+			}
+			return nil
+		}})
+	// The upstream is back, but nothing has shown it yet: the waiting
+	// messages stay put, and so does one the upstream defers with a 4xx.
+	if _, err := submit(tr.Addr().String(), "grey@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	eventually(t, 10*time.Second, "the upstream's 4xx to the greylisted sender", func() bool { return greylisted.Load() == 1 })
+	time.Sleep(300 * time.Millisecond)
+	if n := up.Count(); n != 0 {
+		t.Fatalf("%d messages went before any transaction completed; their backoff is an hour", n)
+	}
+
+	// The first transaction that completes shows the destination works.
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !up.Wait(4, 10*time.Second) {
+		t.Fatalf("the upstream works again, yet only %d of the new and the 3 waiting messages went", up.Count())
+	}
+	if !strings.Contains(tr.logs.String(), "messages=3") || !strings.Contains(tr.logs.String(), "destination works again") {
+		t.Error("no log line says the waiting messages were released")
+	}
+
+	// Further successes must not retry the greylisted message early.
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !up.Wait(5, 10*time.Second) {
+		t.Fatal("a new message was not delivered")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := greylisted.Load(); n != 1 {
+		t.Errorf("the greylisted message was tried %d times, want 1: an upstream's 4xx keeps the message's backoff", n)
+	}
+	if n := tr.QueueSize(); n != 1 {
+		t.Errorf("queue holds %d messages, want only the greylisted one", n)
+	}
+
+	// A destination releases its backlog at most once per retry_min: the
+	// upstream goes away and comes back within the hour, and messages that
+	// waited meanwhile keep their backoff.
+	up.Close()
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	eventually(t, 10*time.Second, "a fourth failed connect attempt", func() bool {
+		return strings.Count(tr.logs.String(), "failure=connect") >= 4
+	})
+	again := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !again.Wait(1, 10*time.Second) {
+		t.Fatal("a new message was not delivered")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := again.Count(); n != 1 {
+		t.Errorf("%d messages went; the one waiting since the second outage should keep its backoff, as the backlog was released less than retry_min ago", n)
+	}
+}
+
+// TestWaitingIsRecoveredAfterRestart: what a message waits for is read
+// back from its queue state, so a restart does not turn "goes when the
+// upstream works" into "goes in an hour". The failure here is a TLS one:
+// the upstream's certificate names another host until it is replaced.
+func TestWaitingIsRecoveredAfterRestart(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	addr := freePort(t)
+	spool := t.TempDir()
+	cfg := slowRetries(spool) + destination("example.test", addr, p.caFile, "mx.example.test")
+
+	wrong, err := sink.Start(sink.Options{Addr: addr, Cert: p.leaf(t, "other.example.test").TLSCertificate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := startRelay(t, cfg)
+	for i := 0; i < 2; i++ {
+		if _, err := submit(first.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	eventually(t, 10*time.Second, "two hostname_mismatch verdicts", func() bool {
+		return strings.Count(first.logs.String(), "tls_failure=hostname_mismatch") >= 2
+	})
+	first.stop()
+	wrong.Close()
+
+	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	second := startRelay(t, cfg)
+	time.Sleep(300 * time.Millisecond)
+	if n := up.Count(); n != 0 {
+		t.Fatalf("%d messages went at restart; their backoff is an hour", n)
+	}
+	if _, err := submit(second.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !up.Wait(3, 10*time.Second) {
+		t.Fatalf("after a restart, %d of 3 messages went once the upstream's certificate was fixed", up.Count())
+	}
+}
