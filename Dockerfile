@@ -6,7 +6,7 @@
 #     -v tlsrelay-spool:/var/spool/tlsrelay tlsrelay
 #
 # As a sidecar the application reaches it on localhost:2525 (listen on
-# 127.0.0.1:2525 in the config). README.md, "Running in a container", has
+# 127.0.0.1:2525 in the config). README.md, "Running as a sidecar", has
 # the details.
 
 FROM golang:1.26 AS build
