@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,6 +18,7 @@ import (
 
 	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/sink"
+	"tlsrelay/relay/spool"
 )
 
 // metricsAddr finds the metrics listener's address in the relay's log.
@@ -170,4 +173,140 @@ func reissueExpired(t *testing.T, fx *upstreamFixture) (cert tls.Certificate, er
 		return cert, err
 	}
 	return iss.TLSCertificate(), nil
+}
+
+// TestSIGHUPWhileStartingDoesNotKill sends SIGHUP again and again from the
+// relay's first log line until it listens, as a config manager that starts
+// it and then reloads might: SIGHUP's default action would end the
+// process. Each request must wait and end in a reload once it runs.
+func TestSIGHUPWhileStartingDoesNotKill(t *testing.T) {
+	fx := newUpstreamFixture(t)
+	up, err := sink.Start(sink.Options{Cert: fx.leaf.TLSCertificate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() }) // after the relay is gone: cleanups run last first
+	// A queue to recover makes the start take a while, as it does in
+	// real life after an outage.
+	spoolDir := t.TempDir()
+	store, err := spool.Open(spoolDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		m, err := store.Create(spool.Envelope{From: "app@legacy.test", Recipients: []string{"user@e2e.test"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(m, "Subject: queued\r\n\r\nqueued before the start\r\n")
+		if err := m.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeConfig(t, spoolDir, up.Addr(), fx.caFile)
+
+	p := &proc{cmd: exec.Command(binary, "serve", "--config", cfg)}
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	gone := make(chan struct{})
+	go func() { exited <- p.cmd.Wait(); close(gone) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-gone
+		if t.Failed() {
+			t.Logf("tlsrelay output:\n%s", p.log())
+		}
+	})
+	for p.log() == "" {
+		select {
+		case err := <-exited:
+			t.Fatalf("tlsrelay exited before it logged anything: %v", err)
+		default:
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	sent := 0
+	for sent == 0 || !strings.Contains(p.log(), "tlsrelay listening") {
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		sent++
+		time.Sleep(100 * time.Microsecond)
+		select {
+		case err := <-exited:
+			t.Fatalf("tlsrelay died of a SIGHUP sent while it was starting (%d sent): %v", sent, err)
+		default:
+		}
+	}
+	t.Logf("%d SIGHUPs sent while the relay was starting", sent)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(p.log(), "configuration reloaded") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(p.log(), "configuration reloaded") {
+		t.Fatal("the SIGHUP sent while starting was not carried out once the relay ran")
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("tlsrelay exited: %v", err)
+	default:
+	}
+}
+
+// TestLogReaderGoneDoesNotStopMail: the relay logs to a pipe whose reader
+// goes away (a log collector restarting). Writing there must not end the
+// process, as SIGPIPE would by default: mail keeps being accepted and
+// delivered.
+func TestLogReaderGoneDoesNotStopMail(t *testing.T) {
+	fx := newUpstreamFixture(t)
+	up, err := sink.Start(sink.Options{Cert: fx.leaf.TLSCertificate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	listen := freeAddr(t)
+	cfg := filepath.Join(t.TempDir(), "tlsrelay.toml")
+	writeConfigFile(t, cfg, strings.Replace(e2eConfig(t.TempDir(), fx.caFile, "", e2eDest{"e2e.test", up.Addr(), ""}),
+		`listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", listen), 1))
+
+	cmd := exec.Command(binary, "serve", "--config", cfg)
+	logs, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = cmd.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	gone := make(chan struct{})
+	go func() { exited <- cmd.Wait(); close(gone) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-gone })
+	sc := bufio.NewScanner(logs)
+	for sc.Scan() && !strings.Contains(sc.Text(), "tlsrelay listening") {
+	}
+	logs.Close() // the reader goes away; the relay's next log line hits a broken pipe
+
+	for i := 0; i < 3; i++ {
+		if err := plainSend(listen, "user@e2e.test", fmt.Sprintf("Subject: %d\r\n\r\nafter the log reader left\r\n", i)); err != nil {
+			select {
+			case exit := <-exited:
+				t.Fatalf("the relay exited when its log reader went away (%v); submit %d: %v", exit, i, err)
+			case <-time.After(time.Second):
+				t.Fatalf("submit %d: %v", i, err)
+			}
+		}
+	}
+	if !up.Wait(3, 10*time.Second) {
+		t.Fatalf("%d of 3 messages delivered after the log reader went away", up.Count())
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("the relay exited: %v", err)
+	default:
+	}
 }

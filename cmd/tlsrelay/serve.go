@@ -115,6 +115,18 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if rc := parseFlags(fs, args, 0); rc != 0 {
 		return max(rc, 0)
 	}
+	// SIGHUP's default action ends the process. A reload asked for while
+	// the relay is still starting (a config manager that starts it and
+	// then reloads, or a large queue being recovered) must not kill it:
+	// from here on the request waits and is carried out once it runs.
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
+	// A log line written to a standard output or error whose reader has
+	// gone (a log collector restarted, a pipe closed) would otherwise end
+	// the process with SIGPIPE: a relay that stops taking mail because its
+	// logs cannot be read. The write fails instead and mail keeps flowing.
+	signal.Ignore(syscall.SIGPIPE)
 	cfg, path, how, ok := loadConfig(*cfgPath, stderr)
 	if !ok {
 		return 1
@@ -133,16 +145,14 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return 1
 	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 wait:
 	for {
 		select {
+		case <-hups:
+			log.Info("SIGHUP: reloading the configuration", "file", path)
+			r.ReloadFile(path)
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
-				log.Info("SIGHUP: reloading the configuration", "file", path)
-				r.ReloadFile(path)
-				continue
-			}
 			log.Info("signal received", "signal", s.String())
 			break wait
 		case err := <-r.Done():

@@ -67,6 +67,7 @@ type Sink struct {
 	messages []Message
 	count    int
 	sessions int
+	live     map[*trackedConn]bool // open connections
 	arrived  chan struct{}
 }
 
@@ -104,28 +105,49 @@ func Start(o Options) (*Sink, error) {
 			}
 		}
 	}
-	var ln net.Listener
-	var err error
-	if o.Implicit && tcfg != nil {
-		ln, err = tls.Listen("tcp", o.Addr, tcfg)
-	} else {
-		ln, err = net.Listen("tcp", o.Addr)
-		srv.TLSConfig = tcfg
-	}
+	raw, err := net.Listen("tcp", o.Addr)
 	if err != nil {
 		return nil, err
 	}
+	var ln net.Listener = &trackingListener{Listener: raw, sink: s}
+	if o.Implicit && tcfg != nil {
+		ln = tls.NewListener(ln, tcfg)
+	} else {
+		srv.TLSConfig = tcfg
+	}
 	srv.AllowInsecureAuth = false
 	s.server, s.ln = srv, ln
-	go srv.Serve(&countingListener{Listener: ln, sink: s})
+	go srv.Serve(ln)
 	return s, nil
 }
 
 // Addr returns the host:port the sink listens on.
 func (s *Sink) Addr() string { return s.ln.Addr().String() }
 
-// Close stops the server.
-func (s *Sink) Close() error { return s.server.Close() }
+// Close stops the server and ends its sessions. It closes each session's
+// connection itself and waits for the session to end before go-smtp's
+// Server.Close runs: that one closes sessions from another goroutine while
+// they may be inside BDAT or STARTTLS, which go-smtp v0.25.1 does not
+// guard (the race detector reports it), and tests close a sink in the
+// middle of deliveries to play an upstream going away.
+func (s *Sink) Close() error {
+	err := s.ln.Close()
+	s.mu.Lock()
+	for c := range s.live {
+		c.Conn.Close()
+	}
+	s.mu.Unlock()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.mu.Lock()
+		n := len(s.live)
+		s.mu.Unlock()
+		if n == 0 {
+			break
+		}
+	}
+	s.server.Close()
+	return err
+}
 
 // Messages returns a copy of what was received so far.
 func (s *Sink) Messages() []Message {
@@ -134,20 +156,41 @@ func (s *Sink) Messages() []Message {
 	return append([]Message(nil), s.messages...)
 }
 
-// countingListener counts the connections the sink accepts.
-type countingListener struct {
+// trackingListener counts the connections the sink accepts and keeps the
+// open ones, for Close.
+type trackingListener struct {
 	net.Listener
 	sink *Sink
 }
 
-func (l *countingListener) Accept() (net.Conn, error) {
+func (l *trackingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err == nil {
-		l.sink.mu.Lock()
-		l.sink.sessions++
-		l.sink.mu.Unlock()
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	tc := &trackedConn{Conn: c, sink: l.sink}
+	l.sink.mu.Lock()
+	l.sink.sessions++
+	if l.sink.live == nil {
+		l.sink.live = map[*trackedConn]bool{}
+	}
+	l.sink.live[tc] = true
+	l.sink.mu.Unlock()
+	return tc, nil
+}
+
+// trackedConn leaves the sink's open set when its session closes it.
+type trackedConn struct {
+	net.Conn
+	sink *Sink
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.sink.mu.Lock()
+	delete(c.sink.live, c)
+	c.sink.mu.Unlock()
+	return err
 }
 
 // Sessions returns the number of connections accepted so far.
