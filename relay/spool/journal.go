@@ -385,8 +385,15 @@ func (j *journal) write(seg *segment, batch []*jreq) error {
 		buf = append(buf, b.rec...)
 		durable = durable || b.durable
 	}
-	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
-		seg.failed = true
+	if _, err := writeSegment(seg.f, buf, seg.size); err != nil {
+		// Nothing of this batch was acknowledged. Cutting the segment back
+		// to its last whole record keeps it usable, so a full disk costs a
+		// failed commit and not a new segment file per attempt. If even
+		// that fails, the tail may hold a torn record, after which nothing
+		// could be read back: later records go to a new segment.
+		if terr := seg.f.Truncate(seg.size); terr != nil {
+			seg.failed = true
+		}
 		return fmt.Errorf("spool: journal write: %w", err)
 	}
 	if durable {
@@ -399,6 +406,10 @@ func (j *journal) write(seg *segment, batch []*jreq) error {
 	seg.size += int64(len(buf))
 	return nil
 }
+
+// writeSegment appends to a segment; tests replace it to make a write fail
+// the way a full disk does.
+var writeSegment = (*os.File).WriteAt
 
 // collect deletes the oldest segments while they hold no live message. In
 // order only: a done record for a message of one segment can sit in a

@@ -2,11 +2,13 @@ package spool
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -291,4 +293,43 @@ func FuzzJournalRecords(f *testing.F) {
 			t.Fatalf("end %d of %d", end, len(data))
 		}
 	})
+}
+
+// TestFullDiskKeepsTheSegment: a journal write that fails part-way, as on
+// a full disk, fails only its own commits; the torn bytes are cut off, the
+// next commit goes to the same segment (a full disk must not leave a new
+// segment file behind per refused message), and after a restart exactly
+// the committed messages are there.
+func TestFullDiskKeepsTheSegment(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	before := commitSmall(t, s, "before the disk filled up")
+
+	saved := writeSegment
+	writeSegment = func(f *os.File, b []byte, off int64) (int, error) {
+		n, _ := f.WriteAt(b[:len(b)/2], off) // half a record reaches the file
+		return n, syscall.ENOSPC
+	}
+	p, _ := s.Create(Envelope{Recipients: []string{"a@b.test"}})
+	io.WriteString(p, "refused: no space")
+	err := p.Commit()
+	writeSegment = saved
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("commit on a full disk: %v, want ENOSPC", err)
+	}
+	after := commitSmall(t, s, "after space was freed")
+	if segs := segments(t, dir); len(segs) != 1 {
+		t.Errorf("segments after a failed write: %v, want the one segment, still in use", segs)
+	}
+
+	s2 := openRecovered(t, dir)
+	if got := readBody(t, s2, before); got != "before the disk filled up" {
+		t.Errorf("message before the failure: %q", got)
+	}
+	if got := readBody(t, s2, after); got != "after space was freed" {
+		t.Errorf("message after the failure: %q (a torn record left in the segment hides what follows it)", got)
+	}
+	if _, ok := s2.j.lookup(p.ID()); ok {
+		t.Error("the refused message is in the journal after a restart")
+	}
 }
