@@ -18,18 +18,7 @@ func BenchmarkCommit(b *testing.B) {
 	}
 	body := make([]byte, 1024)
 	b.SetBytes(int64(len(body)))
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			p, err := s.Create(Envelope{Recipients: []string{"a@b.test"}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			p.Write(body)
-			if err := p.Commit(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	commitInParallel(b, s, body)
 }
 
 // BenchmarkJournalCommit is the same 1 KiB commit through the journal,
@@ -47,6 +36,18 @@ func BenchmarkJournalCommit(b *testing.B) {
 	body := make([]byte, 1024)
 	b.SetBytes(int64(len(body)))
 	b.SetParallelism(8)
+	commitInParallel(b, s, body)
+	b.StopTimer()
+	s.j.mu.Lock()
+	syncs := s.j.syncs
+	s.j.mu.Unlock()
+	if syncs > 0 {
+		b.ReportMetric(float64(b.N)/float64(syncs), "msgs/sync")
+	}
+}
+
+// commitInParallel commits b.N messages of body from parallel goroutines.
+func commitInParallel(b *testing.B, s *Store, body []byte) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			p, err := s.Create(Envelope{Recipients: []string{"a@b.test"}})
@@ -59,13 +60,6 @@ func BenchmarkJournalCommit(b *testing.B) {
 			}
 		}
 	})
-	b.StopTimer()
-	s.j.mu.Lock()
-	syncs := s.j.syncs
-	s.j.mu.Unlock()
-	if syncs > 0 {
-		b.ReportMetric(float64(b.N)/float64(syncs), "msgs/sync")
-	}
 }
 
 // BenchmarkEnvelopeJSON compares the envelope encoder with encoding/json,

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"tlsrelay/policy"
-	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/sink"
 )
 
@@ -19,19 +17,8 @@ import (
 // as when the pool reuses a connection. The server's work is included:
 // both ends share this machine's CPUs.
 func BenchmarkSend(b *testing.B) {
-	ca, err := certgen.NewCA("bench CA")
-	if err != nil {
-		b.Fatal(err)
-	}
-	leaf, err := ca.Issue(certgen.Options{CommonName: "mx.bench.test", DNSNames: []string{"mx.bench.test"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	caFile := filepath.Join(b.TempDir(), "ca.pem")
-	if err := certgen.WriteCertFile(caFile, ca.Cert); err != nil {
-		b.Fatal(err)
-	}
-	up, err := sink.Start(sink.Options{Cert: leaf.TLSCertificate(), Discard: true})
+	caFile, cert := serverCert(b, "mx.bench.test")
+	up, err := sink.Start(sink.Options{Cert: cert, Discard: true})
 	if err != nil {
 		b.Fatal(err)
 	}

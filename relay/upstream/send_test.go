@@ -48,21 +48,29 @@ type command struct {
 	early bool // it was already buffered when the previous reply was due
 }
 
+// serverCert is a throwaway CA, written to a file for ca_file, and a
+// server certificate from it for name.
+func serverCert(tb testing.TB, name string) (caFile string, cert tls.Certificate) {
+	tb.Helper()
+	ca, err := certgen.NewCA("upstream test CA")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, err := ca.Issue(certgen.Options{CommonName: name, DNSNames: []string{name}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	caFile = filepath.Join(tb.TempDir(), "ca.pem")
+	if err := certgen.WriteCertFile(caFile, ca.Cert); err != nil {
+		tb.Fatal(err)
+	}
+	return caFile, leaf.TLSCertificate()
+}
+
 func startScripted(t *testing.T, ext ...string) (*scripted, *policy.Destination) {
 	t.Helper()
-	ca, err := certgen.NewCA("scripted CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := ca.Issue(certgen.Options{CommonName: "mx.example.test", DNSNames: []string{"mx.example.test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := certgen.WriteCertFile(caFile, ca.Cert); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{leaf.TLSCertificate()}})
+	caFile, cert := serverCert(t, "mx.example.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		t.Fatal(err)
 	}
