@@ -50,15 +50,19 @@ func (q *queue) waitFor(id, dest string) {
 }
 
 // destinationUp makes every message waiting for dest due now, and returns
-// how many there were. A message being delivered right now goes once more
-// when that attempt ends, unless it is self, the message whose attempt
-// just succeeded; a held one stays held (its attempt sees so).
+// how many there were. self is the message whose attempt just succeeded:
+// it no longer waits, and is not counted. A message being delivered right
+// now goes once more when that attempt ends; a held one stays held (its
+// attempt sees so).
 func (q *queue) destinationUp(dest, self string) int {
 	now := q.r.now()
 	every := q.r.Config().Queue.RetryMin.Duration
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	ids := q.waiting[dest]
+	if ids[self] {
+		q.unwaitLocked(self, dest)
+	}
 	if len(ids) == 0 {
 		return 0
 	}
@@ -69,15 +73,11 @@ func (q *queue) destinationUp(dest, self string) int {
 		q.released = map[string]time.Time{}
 	}
 	q.released[dest] = now
-	delete(q.waiting, dest)
 	n := 0
 	for id := range ids {
+		q.unwaitLocked(id, dest)
 		it := q.items[id]
 		if it == nil {
-			continue
-		}
-		it.waitsOn = slices.DeleteFunc(it.waitsOn, func(d string) bool { return d == dest })
-		if id == self {
 			continue
 		}
 		if it.timer != nil {
@@ -90,14 +90,22 @@ func (q *queue) destinationUp(dest, self string) int {
 	return n
 }
 
+// unwaitLocked records that id no longer waits for dest.
+func (q *queue) unwaitLocked(id, dest string) {
+	if it := q.items[id]; it != nil {
+		it.waitsOn = slices.DeleteFunc(it.waitsOn, func(d string) bool { return d == dest })
+	}
+	delete(q.waiting[dest], id)
+	if len(q.waiting[dest]) == 0 {
+		delete(q.waiting, dest)
+	}
+}
+
 // dropLocked forgets id entirely, including what it waits for.
 func (q *queue) dropLocked(id string) {
 	if it := q.items[id]; it != nil {
-		for _, dest := range it.waitsOn {
-			delete(q.waiting[dest], id)
-			if len(q.waiting[dest]) == 0 {
-				delete(q.waiting, dest)
-			}
+		for _, dest := range slices.Clone(it.waitsOn) {
+			q.unwaitLocked(id, dest)
 		}
 	}
 	delete(q.items, id)

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -143,5 +144,48 @@ func TestWaitingIsRecoveredAfterRestart(t *testing.T) {
 	}
 	if !up.Wait(3, 10*time.Second) {
 		t.Fatalf("after a restart, %d of 3 messages went once the upstream's certificate was fixed", up.Count())
+	}
+}
+
+// TestOwnSuccessDoesNotUseUpTheRelease: a waiting message that goes by
+// itself (here an operator's retry) releases nobody, so it must not count
+// as the destination's one release per retry_min either.
+func TestOwnSuccessDoesNotUseUpTheRelease(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	addr := freePort(t)
+	tr := startRelay(t, slowRetries(t.TempDir())+destination("example.test", addr, p.caFile, "mx.example.test"))
+	cert := p.leaf(t, "mx.example.test").TLSCertificate()
+	failedConnects := func(n int) {
+		t.Helper()
+		eventually(t, 10*time.Second, fmt.Sprintf("%d failed connect attempts", n), func() bool {
+			return strings.Count(tr.logs.String(), "failure=connect") >= n
+		})
+	}
+
+	reply, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	first := reply[strings.LastIndexByte(reply, ' ')+1:]
+	failedConnects(1)
+	up := startSink(t, sink.Options{Addr: addr, Cert: cert})
+	if res := tr.Control(ControlRequest{Op: "retry", ID: first}); res.Error != "" {
+		t.Fatalf("retry %s: %s", first, res.Error)
+	}
+	if !up.Wait(1, 10*time.Second) {
+		t.Fatal("the retried message did not go")
+	}
+	up.Close()
+
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	failedConnects(2)
+	again := startSink(t, sink.Options{Addr: addr, Cert: cert})
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !again.Wait(2, 10*time.Second) {
+		t.Fatalf("%d of 2 went: the message waiting for the destination was not released by the first success since it waited", again.Count())
 	}
 }
