@@ -437,10 +437,17 @@ func (r *Relay) settle(msg *spool.Message, st spool.State) (time.Time, bool) {
 		}
 	}
 	st.NextAttempt = now.Add(backoff(st.Attempts, cfg.Queue.RetryMin.Duration, cfg.Queue.RetryMax.Duration))
-	if err := r.store.Spill(msg.ID); err != nil {
-		// It stays in the journal, which is just as durable; only the
-		// segment's disk space is held longer.
-		r.log.Warn("cannot move the message out of the journal", "id", msg.ID, "error", err)
+	// A waiting message in the journal segment still being appended to
+	// stays there: most go within minutes (see waiting.go), and moving one
+	// out costs a new file and two fsyncs. Once appends have moved on to a
+	// new segment, its next deferral moves it out, so a long-waiting
+	// message holds old segments on disk for about one retry interval.
+	if !r.store.InOpenSegment(msg.ID) {
+		if err := r.store.Spill(msg.ID); err != nil {
+			// It stays in the journal, which is just as durable; only the
+			// segment's disk space is held longer.
+			r.log.Warn("cannot move the message out of the journal", "id", msg.ID, "error", err)
+		}
 	}
 	if err := r.store.SaveState(msg.ID, st); err != nil {
 		r.log.Error("cannot save queue state", "id", msg.ID, "error", err)

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -187,5 +189,47 @@ func TestOwnSuccessDoesNotUseUpTheRelease(t *testing.T) {
 	}
 	if !again.Wait(2, 10*time.Second) {
 		t.Fatalf("%d of 2 went: the message waiting for the destination was not released by the first success since it waited", again.Count())
+	}
+}
+
+// TestWaitingMessageStaysInTheOpenSegment: a deferred message in the
+// journal segment still being appended to stays in the journal (moving it
+// out would cost a new file and two fsyncs, and most go within minutes);
+// once appends go elsewhere — here after a restart, which starts a new
+// segment — its next deferral moves it to a file of its own, so old
+// segments do not stay on disk for as long as it waits.
+func TestWaitingMessageStaysInTheOpenSegment(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	addr := freePort(t)
+	spoolDir := t.TempDir()
+	cfg := baseConfig(spoolDir) + destination("example.test", addr, p.caFile, "mx.example.test")
+
+	first := startRelay(t, cfg)
+	reply, err := submit(first.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	id := reply[strings.LastIndexByte(reply, ' ')+1:]
+	eventually(t, 10*time.Second, "three failed attempts", func() bool {
+		return strings.Count(first.logs.String(), "failure=connect") >= 3
+	})
+	if !first.store.InJournal(id) {
+		t.Fatal("a message waiting in the open segment was moved out of the journal")
+	}
+	first.stop()
+
+	second := startRelay(t, cfg)
+	eventually(t, 10*time.Second, "a failed attempt after the restart", func() bool {
+		return strings.Contains(second.logs.String(), "failure=connect")
+	})
+	eventually(t, 10*time.Second, "the message moved to a file of its own", func() bool {
+		return !second.store.InJournal(id)
+	})
+	if _, err := os.Stat(filepath.Join(spoolDir, "msg", id)); err != nil {
+		t.Fatalf("the waiting message is not in msg/: %v", err)
+	}
+	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	if !up.Wait(1, 10*time.Second) {
+		t.Fatal("the message was not delivered from its file")
 	}
 }

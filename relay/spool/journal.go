@@ -30,10 +30,11 @@ import (
 //
 // A "done" record marks a message delivered, bounced or moved out; it is
 // written without waiting for durability (losing one can only cause a
-// duplicate delivery after a crash, never a loss). A message that is not
-// delivered on its first attempt is moved out ("spilled") into a file of
-// its own in msg/, so segments are short-lived; a segment is deleted once
-// it and every older segment hold no live message.
+// duplicate delivery after a crash, never a loss). A message that waits
+// (a retry, a hold) is moved out ("spilled") into a file of its own in
+// msg/ once its segment is no longer the one being appended to, so old
+// segments are short-lived; a segment is deleted once it and every older
+// segment hold no live message.
 //
 // Record: "TRJ1", type byte ('M' message, 'D' done), payload length
 // (uint32, big endian), CRC-32C of type and payload, payload. A message's

@@ -376,6 +376,16 @@ func (s *Store) InJournal(id string) bool {
 	return ok
 }
 
+// InOpenSegment reports whether message id is in the journal segment that
+// appends currently go to. Such a message costs no disk space of its own
+// while it waits: that segment stays on disk anyway.
+func (s *Store) InOpenSegment(id string) bool {
+	s.j.mu.Lock()
+	defer s.j.mu.Unlock()
+	m, ok := s.j.index[id]
+	return ok && m.seg == s.j.cur
+}
+
 // Open opens the committed message id.
 func (s *Store) Open(id string) (*Message, error) {
 	if !validID(id) {
