@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tlsrelay/policy"
@@ -28,6 +29,8 @@ type queue struct {
 	// waiting lists, per destination name, the messages deferred because
 	// that destination failed (see waiting.go).
 	waiting map[string]map[string]bool
+	// nwaiting counts the entries of waiting, read without the lock.
+	nwaiting atomic.Int64
 	// released is when each destination last released its waiting ones.
 	released map[string]time.Time
 	closed   bool

@@ -47,6 +47,7 @@ func (q *queue) waitFor(id, dest string) {
 		q.waiting[dest] = map[string]bool{}
 	}
 	q.waiting[dest][id] = true
+	q.nwaiting.Add(1)
 }
 
 // destinationUp makes every message waiting for dest due now, and returns
@@ -55,6 +56,9 @@ func (q *queue) waitFor(id, dest string) {
 // now goes once more when that attempt ends; a held one stays held (its
 // attempt sees so).
 func (q *queue) destinationUp(dest, self string) int {
+	if q.nwaiting.Load() == 0 {
+		return 0 // the usual case, on every delivery: no lock taken
+	}
 	now := q.r.now()
 	every := q.r.Config().Queue.RetryMin.Duration
 	q.mu.Lock()
@@ -95,7 +99,10 @@ func (q *queue) unwaitLocked(id, dest string) {
 	if it := q.items[id]; it != nil {
 		it.waitsOn = slices.DeleteFunc(it.waitsOn, func(d string) bool { return d == dest })
 	}
-	delete(q.waiting[dest], id)
+	if q.waiting[dest][id] {
+		delete(q.waiting[dest], id)
+		q.nwaiting.Add(-1)
+	}
 	if len(q.waiting[dest]) == 0 {
 		delete(q.waiting, dest)
 	}
