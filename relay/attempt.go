@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -48,6 +49,13 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
+	if f := r.queue.suspended(dest.Name()); f != nil {
+		o.failure = f
+		log.Debug("not tried: the destination is suspended after connection timeouts", "detail", f.Detail)
+		return o
+	}
+	start := time.Now()
+	defer func() { r.queue.tried(dest.Name(), o.failure, time.Since(start)) }()
 	defer r.countAttempt(env, o)
 	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)
 	if err != nil {

@@ -54,11 +54,14 @@ func (r *Relay) Control(req ControlRequest) ControlResponse {
 			return ControlResponse{Error: err.Error()}
 		}
 	}
+	if req.Op == OpRetry {
+		r.queue.resume() // "try now" means a real attempt, suspended or not
+	}
 	var resp ControlResponse
 	for _, id := range ids {
 		if err := r.controlOne(req.Op, id); err != nil {
-			if req.ID == "" && errors.Is(err, errHeld) {
-				continue // retry -all leaves held messages alone
+			if req.ID == "" && (errors.Is(err, errHeld) || errors.Is(err, errGone)) {
+				continue // retry -all leaves held messages alone, and skips one delivered meanwhile
 			}
 			resp.Error = fmt.Sprintf("%s: %v", id, err)
 			return resp
@@ -68,7 +71,10 @@ func (r *Relay) Control(req ControlRequest) ControlResponse {
 	return resp
 }
 
-var errHeld = errors.New("the message is held; release it to retry")
+var (
+	errHeld = errors.New("the message is held; release it to retry")
+	errGone = errors.New("no such message in the queue")
+)
 
 func (r *Relay) controlOne(op, id string) error {
 	var after func()
@@ -77,7 +83,7 @@ func (r *Relay) controlOne(op, id string) error {
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				r.queue.forget(id)
-				return errors.New("no such message in the queue")
+				return errGone
 			}
 			return err
 		}

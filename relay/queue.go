@@ -31,6 +31,9 @@ type queue struct {
 	waiting map[string]map[string]bool
 	// nwaiting counts the entries of waiting, read without the lock.
 	nwaiting atomic.Int64
+	// down holds the suspended destinations, by name; ndown counts them.
+	down  map[string]downDest
+	ndown atomic.Int64
 	// released is when each destination last released its waiting ones.
 	released map[string]time.Time
 	closed   bool

@@ -59,6 +59,7 @@ func (r *Relay) Reload(next *config.Config) {
 		next.Server.TLSCertFile, next.Server.TLSKeyFile = cur.Server.TLSCertFile, cur.Server.TLSKeyFile
 	}
 	r.cfg.Store(next)
+	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level
 		lv.UnmarshalText([]byte(next.Log.Level))

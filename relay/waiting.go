@@ -24,6 +24,91 @@ import (
 // an upstream that only now and then completes a transaction (overloaded,
 // half up) must not draw the whole backlog onto itself at every success.
 
+// A destination whose connection attempts time out is also suspended for
+// retry_min: its messages are deferred at once with the same verdict
+// instead of each tying up a worker for up to connect_timeout, which would
+// starve every other destination of workers (one blackholed server, 16
+// workers, 30 s each). When the time is up, one attempt probes it while
+// the others keep being deferred; the probe's result ends or renews the
+// suspension. Only slow connect failures suspend: a refused connection, a
+// TLS or a login verdict comes back within a round trip, so trying again
+// costs little and shows a fix at once.
+
+// slowConnect is how long a failed connect must have taken to suspend its
+// destination: a refusal comes back at once, a timeout (a blackholed
+// address, a filtered port, a server that accepts and never greets) takes
+// at least this long.
+const slowConnect = time.Second
+
+// downDest is a suspended destination.
+type downDest struct {
+	until   time.Time
+	failure *policy.Failure
+	probing bool // an attempt past until is under way
+}
+
+// suspended returns the verdict to defer a message to dest with, without
+// trying, or nil when the caller should try: the destination is not
+// suspended, or the caller is the one probe once the suspension is up. A
+// caller told to try must report its result with tried.
+func (q *queue) suspended(dest string) *policy.Failure {
+	if q.ndown.Load() == 0 {
+		return nil
+	}
+	now := q.r.now()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	d, ok := q.down[dest]
+	if !ok {
+		return nil
+	}
+	if now.Before(d.until) || d.probing {
+		f := *d.failure
+		f.Detail += "; not tried again until " + d.until.UTC().Format("15:04:05 UTC") + " (destination suspended after this failure)"
+		return &f
+	}
+	d.probing = true
+	q.down[dest] = d
+	return nil
+}
+
+// tried records the result of an attempt to dest that took so long: a
+// slow connect failure suspends it (again), anything else ends its
+// suspension.
+func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
+	if f != nil && f.Class == policy.Connect && took >= slowConnect {
+		until := q.r.now().Add(q.r.Config().Queue.RetryMin.Duration)
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.down == nil {
+			q.down = map[string]downDest{}
+		}
+		if _, ok := q.down[dest]; !ok {
+			q.ndown.Add(1)
+		}
+		q.down[dest] = downDest{until: until, failure: f}
+		return
+	}
+	if q.ndown.Load() == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.down[dest]; ok {
+		delete(q.down, dest)
+		q.ndown.Add(-1)
+	}
+}
+
+// resume ends every suspension: an operator asked for a retry, or a reload
+// may have changed where and how the destinations are reached.
+func (q *queue) resume() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.ndown.Add(-int64(len(q.down)))
+	q.down = nil
+}
+
 // waitsForDestination reports whether a failure of this class is the
 // destination's rather than the message's.
 func waitsForDestination(c policy.Class) bool {

@@ -2,9 +2,11 @@ package relay
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,8 +38,8 @@ func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
 			t.Fatalf("submit %d: %v", i, err)
 		}
 	}
-	eventually(t, 10*time.Second, "three failed connect attempts", func() bool {
-		return strings.Count(tr.logs.String(), "failure=connect") >= 3
+	eventually(t, 10*time.Second, "three deferrals", func() bool {
+		return strings.Count(tr.logs.String(), "message deferred") >= 3
 	})
 
 	var greylisted atomic.Int64
@@ -232,4 +234,78 @@ func TestWaitingMessageStaysInTheOpenSegment(t *testing.T) {
 	if !up.Wait(1, 10*time.Second) {
 		t.Fatal("the message was not delivered from its file")
 	}
+}
+
+// TestBlackholedDestinationDoesNotStarveOthers: a destination whose
+// server accepts connections and never answers ties up a worker for
+// connect_timeout per attempt. After the first such timeouts it is
+// suspended: its other messages are deferred without trying, so the
+// workers stay free for the destinations that work.
+func TestBlackholedDestinationDoesNotStarveOthers(t *testing.T) {
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		hang.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	accepted := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held)
+	}
+
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	cfg := strings.Replace(slowRetries(t.TempDir()), "workers = 4", "workers = 2", 1)
+	cfg = strings.Replace(cfg, `connect_timeout = "5s"`, `connect_timeout = "1500ms"`, 1)
+	tr := startRelay(t, cfg+destination("dead.test", hang.Addr().String(), p.caFile, "mx.example.test")+
+		destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
+
+	const dead = 6
+	for i := 0; i < dead; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{fmt.Sprintf("r%d@dead.test", i)}, testBody); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	if !up.Wait(1, 20*time.Second) {
+		t.Fatal("the message to the working destination was not delivered")
+	}
+	eventually(t, 20*time.Second, "every message to the dead destination deferred", func() bool {
+		return strings.Count(tr.logs.String(), "message deferred") >= dead
+	})
+	if n := accepted(); n > 2 {
+		t.Errorf("the dead destination was tried %d times for %d messages; after the first timeouts (one per worker) it should be suspended", n, dead)
+	}
+	if !strings.Contains(tr.logs.String(), "not tried again until") {
+		t.Error("no deferral says the destination was suspended")
+	}
+
+	// An operator's retry means a real attempt: it lifts the suspension.
+	before := accepted()
+	if res := tr.Control(ControlRequest{Op: OpRetry}); res.Error != "" {
+		t.Fatalf("retry -all: %s", res.Error)
+	}
+	eventually(t, 10*time.Second, "a real attempt after the operator's retry", func() bool { return accepted() > before })
 }
