@@ -2,11 +2,9 @@ package relay
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -242,42 +240,18 @@ func TestWaitingMessageStaysInTheOpenSegment(t *testing.T) {
 // suspended: its other messages are deferred without trying, so the
 // workers stay free for the destinations that work.
 func TestBlackholedDestinationDoesNotStarveOthers(t *testing.T) {
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	hang, err := sink.StartSilent("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := hang.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		hang.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			c.Close()
-		}
-	})
-	accepted := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(held)
-	}
+	t.Cleanup(func() { hang.Close() })
+	accepted := hang.Accepted
 
 	p := newPKI(t, "Test CA")
 	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
 	cfg := strings.Replace(slowRetries(t.TempDir()), "workers = 4", "workers = 2", 1)
 	cfg = strings.Replace(cfg, `connect_timeout = "5s"`, `connect_timeout = "1500ms"`, 1)
-	tr := startRelay(t, cfg+destination("dead.test", hang.Addr().String(), p.caFile, "mx.example.test")+
+	tr := startRelay(t, cfg+destination("dead.test", hang.Addr(), p.caFile, "mx.example.test")+
 		destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
 
 	const dead = 6

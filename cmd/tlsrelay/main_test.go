@@ -365,33 +365,15 @@ func TestPasswdPrintsAUsableLine(t *testing.T) {
 // files of their own. A new process must deliver every one.
 func TestKill9WithMessagesInTheJournal(t *testing.T) {
 	fx := newUpstreamFixture(t)
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	hang, err := sink.StartSilent("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := hang.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	upAddr := hang.Addr().String()
+	upAddr := hang.Addr()
 	cfg := writeConfig(t, t.TempDir(), upAddr, fx.caFile)
 	p := startBinary(t, cfg)
 	submitThenKill(t, p, 5, "j", "journal ")
 	hang.Close()
-	mu.Lock()
-	for _, c := range held {
-		c.Close()
-	}
-	mu.Unlock()
 
 	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
 	if err != nil {
