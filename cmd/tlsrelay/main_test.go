@@ -225,15 +225,7 @@ func TestKill9LosesNothing(t *testing.T) {
 	p := startBinary(t, cfg)
 	submitThenKill(t, p, 5, "u", "")
 
-	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	startBinary(t, cfg)
-	if !up.Wait(5, 15*time.Second) {
-		t.Fatalf("after kill -9 and restart, %d of 5 accepted messages arrived", up.Count())
-	}
+	restartWithUpstream(t, fx, upAddr, cfg, 5, "after kill -9 and restart")
 }
 
 // TestPythonClientSubmits uses an SMTP client that is not Go's: python3's
@@ -375,15 +367,7 @@ func TestKill9WithMessagesInTheJournal(t *testing.T) {
 	submitThenKill(t, p, 5, "j", "journal ")
 	hang.Close()
 
-	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	startBinary(t, cfg)
-	if !up.Wait(5, 15*time.Second) {
-		t.Fatalf("after kill -9 with messages in the journal, %d of 5 arrived", up.Count())
-	}
+	up := restartWithUpstream(t, fx, upAddr, cfg, 5, "after kill -9 with messages in the journal")
 	seen := map[string]bool{}
 	for _, m := range up.Messages() {
 		seen[m.To[0]] = true
@@ -391,6 +375,22 @@ func TestKill9WithMessagesInTheJournal(t *testing.T) {
 	if len(seen) != 5 {
 		t.Errorf("delivered to %v, want 5 distinct recipients", seen)
 	}
+}
+
+// restartWithUpstream starts the upstream at upAddr and a new relay on
+// cfg's spool, and fails unless the upstream then receives n messages.
+func restartWithUpstream(t *testing.T, fx *upstreamFixture, upAddr, cfg string, n int, when string) *sink.Sink {
+	t.Helper()
+	up, err := sink.Start(sink.Options{Addr: upAddr, Cert: fx.leaf.TLSCertificate()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	startBinary(t, cfg)
+	if !up.Wait(n, 15*time.Second) {
+		t.Fatalf("%s, %d of %d accepted messages arrived", when, up.Count(), n)
+	}
+	return up
 }
 
 // submitThenKill has n messages accepted (each answered 250) by the
