@@ -71,13 +71,12 @@ func (v *verifier) chainFailure(err error, sent []*x509.Certificate, now time.Ti
 		if insecureSignatures[c.SignatureAlgorithm] && !(i == len(path)-1 && isSelfIssued(c)) {
 			return v.fail(InsecureAlgorithm,
 				fmt.Sprintf("certificate %q is signed with %s, which is refused as insecure", c.Subject, c.SignatureAlgorithm),
-				"reissue the certificate with SHA-256 and an RSA key of at least 2048 bits, or ECDSA", err)
+				weakFix, err)
 		}
 	}
 	var insecure x509.InsecureAlgorithmError
 	if errors.As(err, &insecure) {
-		return v.fail(InsecureAlgorithm, err.Error(),
-			"reissue the certificate with SHA-256 and an RSA key of at least 2048 bits, or ECDSA", err)
+		return v.fail(InsecureAlgorithm, err.Error(), weakFix, err)
 	}
 
 	for i, c := range path {

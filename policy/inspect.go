@@ -84,20 +84,14 @@ func (d *Destination) Inspect(cs tls.ConnectionState, clock Clock) *Inspection {
 	leaf := cs.PeerCertificates[0]
 	in.HostnameOK = v.checkNames(leaf) == nil
 
-	opts := x509.VerifyOptions{Roots: d.Roots, Intermediates: x509.NewCertPool(), CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	for _, c := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	chains, err := leaf.Verify(opts)
-	if err != nil {
-		f := v.chainFailure(err, cs.PeerCertificates, now)
+	vc, f := v.chains(cs.PeerCertificates, now)
+	if f != nil {
 		in.ChainProblem, in.ChainClass = f.Detail, f.Class
 	} else {
 		in.ChainVerified = true
-		in.ChainRoot = chains[0][len(chains[0])-1].Subject.String()
+		in.ChainRoot = vc.strong[0][len(vc.strong[0])-1].Subject.String()
 		if len(d.Pins) > 0 {
-			ok := v.checkPins(chains, leaf) == nil
+			ok := v.checkPins(vc, leaf) == nil
 			in.PinOK = &ok
 		}
 	}

@@ -82,9 +82,37 @@ func (v *verifier) verify(cs tls.ConnectionState) error {
 	if len(sent) == 0 {
 		return v.fail(Handshake, "the server sent no certificate", "configure a certificate on the server", nil)
 	}
-	now := v.clock()
+	vc, f := v.chains(sent, v.clock())
+	if f != nil {
+		return f
+	}
+	if f := v.checkNames(sent[0]); f != nil {
+		return f
+	}
+	if f := v.checkPins(vc, sent[0]); f != nil {
+		return f
+	}
+	return nil
+}
+
+// verifiedChains are the chains by which the server's certificate verifies
+// to the policy's roots, split into those that pass every check of
+// tlsrelay's own and those that do not (with the first reason).
+type verifiedChains struct {
+	strong  [][]*x509.Certificate
+	refused [][]*x509.Certificate
+	why     []*Failure // why[i] is why refused[i] was refused
+}
+
+// chains verifies the server's certificates to the policy's roots at now
+// and keeps apart the chains that pass every check of tlsrelay's own
+// (signature algorithms, key sizes). Pins are looked for in the strong
+// chains only, so a pinned key on a path tlsrelay refuses never vouches
+// for a connection. Without a strong chain it returns the diagnosis of
+// the refused chain with the fewest problems.
+func (v *verifier) chains(sent []*x509.Certificate, now time.Time) (*verifiedChains, *Failure) {
 	opts := x509.VerifyOptions{
-		Roots:         d.Roots, // nil: the system roots
+		Roots:         v.dest.Roots, // nil: the system roots
 		Intermediates: x509.NewCertPool(),
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
@@ -92,25 +120,53 @@ func (v *verifier) verify(cs tls.ConnectionState) error {
 	for _, c := range sent[1:] {
 		opts.Intermediates.AddCert(c)
 	}
-	chains, err := sent[0].Verify(opts)
+	all, err := sent[0].Verify(opts)
 	if err != nil {
-		return v.chainFailure(err, sent, now)
+		return nil, v.chainFailure(err, sent, now)
 	}
-	if f := v.checkNames(sent[0]); f != nil {
-		return f
-	}
-	if f := v.checkPins(chains, sent[0]); f != nil {
-		return f
-	}
-	for _, c := range chains[0] {
-		if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() < minRSABits {
-			return v.fail(InsecureAlgorithm,
-				fmt.Sprintf("certificate %q has a %d-bit RSA key", c.Subject, k.N.BitLen()),
-				"reissue the certificate with SHA-256 and an RSA key of at least 2048 bits, or ECDSA", nil)
+	vc := &verifiedChains{}
+	var best []*Failure // the problems of the refused chain with the fewest
+	for _, chain := range all {
+		problems := v.weakLinks(chain)
+		if len(problems) == 0 {
+			vc.strong = append(vc.strong, chain)
+			continue
+		}
+		vc.refused, vc.why = append(vc.refused, chain), append(vc.why, problems[0])
+		if best == nil || len(problems) < len(best) {
+			best = problems
 		}
 	}
-	return nil
+	if len(vc.strong) > 0 {
+		return vc, nil
+	}
+	f := best[0]
+	if len(all) > 1 {
+		f.Detail += fmt.Sprintf(" (each of the %d paths to a trusted root has a link tlsrelay refuses; this is the best of them)", len(all))
+	}
+	return nil, f
 }
+
+// weakLinks lists what is refused in one verified chain: a key too small
+// anywhere in it, or a signature with an insecure algorithm below its root
+// (a root's self-signature proves nothing and is not judged).
+func (v *verifier) weakLinks(chain []*x509.Certificate) []*Failure {
+	var out []*Failure
+	for i, c := range chain {
+		if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() < minRSABits {
+			out = append(out, v.fail(InsecureAlgorithm,
+				fmt.Sprintf("certificate %q has a %d-bit RSA key", c.Subject, k.N.BitLen()), weakFix, nil))
+		}
+		if i < len(chain)-1 && insecureSignatures[c.SignatureAlgorithm] {
+			out = append(out, v.fail(InsecureAlgorithm,
+				fmt.Sprintf("certificate %q is signed with %s, which is refused as insecure", c.Subject, c.SignatureAlgorithm), weakFix, nil))
+		}
+	}
+	return out
+}
+
+// weakFix is the fix for every insecure_algorithm verdict.
+const weakFix = "reissue the certificate with SHA-256 and an RSA key of at least 2048 bits, or ECDSA"
 
 // checkNames checks the leaf against require_hostname: an exact name is
 // matched the way crypto/x509 does (wildcards, IP SANs); ".example.com"
@@ -136,21 +192,39 @@ func (v *verifier) checkNames(leaf *x509.Certificate) *Failure {
 		"fix the server certificate (it must name the host you connect to), or set require_hostname to a name the certificate has if that name is right", nil)
 }
 
-func (v *verifier) checkPins(chains [][]*x509.Certificate, leaf *x509.Certificate) *Failure {
+// checkPins looks for a pinned key in the strong chains. A pinned key
+// found only in a refused chain is reported as that chain's weakness: the
+// pin vouches for a path tlsrelay does not accept.
+func (v *verifier) checkPins(vc *verifiedChains, leaf *x509.Certificate) *Failure {
 	if len(v.dest.Pins) == 0 {
 		return nil
 	}
-	for _, chain := range chains {
-		for _, c := range chain {
-			if slices.Contains(v.dest.Pins, SPKIPin(c)) {
-				return nil
-			}
-		}
+	if pinnedChain(vc.strong, v.dest.Pins) >= 0 {
+		return nil
+	}
+	if i := pinnedChain(vc.refused, v.dest.Pins); i >= 0 {
+		why := vc.why[i]
+		return v.fail(InsecureAlgorithm,
+			"the pinned key is only on a path to the root that tlsrelay refuses: "+why.Detail,
+			weakFix+"; or pin a key of a path that passes (e.g. the server's own key)", nil)
 	}
 	observed := SPKIPin(leaf)
 	return v.fail(PinMismatch,
 		fmt.Sprintf("the chain verified, but no key in it matches pin_sha256; the server's key pin is %s", observed),
 		fmt.Sprintf("the server's key changed: after confirming the new key with its operator, set pin_sha256 = [%q]", observed), nil)
+}
+
+// pinnedChain returns the index of the first chain holding a pinned key,
+// or -1.
+func pinnedChain(chains [][]*x509.Certificate, pins []string) int {
+	for i, chain := range chains {
+		for _, c := range chain {
+			if slices.Contains(pins, SPKIPin(c)) {
+				return i
+			}
+		}
+	}
+	return -1
 }
 
 // certNames lists the names a certificate is valid for, as a person would.

@@ -19,6 +19,14 @@ import (
 // presenting cert and a client using d's policy at the given time.
 func handshake(t *testing.T, d *policy.Destination, cert tls.Certificate, at time.Time) error {
 	t.Helper()
+	_, err := handshakeState(t, d, cert, at)
+	return err
+}
+
+// handshakeState is handshake, also returning the connection state the
+// client saw (filled in even when verification refused it).
+func handshakeState(t *testing.T, d *policy.Destination, cert tls.Certificate, at time.Time) (tls.ConnectionState, error) {
+	t.Helper()
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		t.Fatal(err)
@@ -32,13 +40,19 @@ func handshake(t *testing.T, d *policy.Destination, cert tls.Certificate, at tim
 		}
 	}()
 	cfg := d.ClientConfig(func() time.Time { return at })
+	var state tls.ConnectionState
+	verify := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		state = cs
+		return verify(cs)
+	}
 	c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
 	if err == nil {
 		// A connection that succeeds must also pass the re-check.
 		err = d.VerifyState(c.ConnectionState(), func() time.Time { return at })
 		c.Close()
 	}
-	return err
+	return state, err
 }
 
 func compile(t *testing.T, s policy.Spec) *policy.Destination {

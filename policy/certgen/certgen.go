@@ -1,7 +1,8 @@
 // Package certgen makes throwaway certificate authorities and certificates
 // for the demo, the tests and the benchmark tool: a real CA, real leaves,
 // and on request the broken ones (expired, not yet valid, wrong name,
-// SHA-1, missing intermediate) that tlsrelay must refuse.
+// SHA-1, missing intermediate, cross-signed, name-constrained, unknown
+// critical extension) that tlsrelay must refuse or must see through.
 package certgen
 
 import (
@@ -44,6 +45,14 @@ type Options struct {
 	SignatureAlgorithm x509.SignatureAlgorithm
 	// IssuingCertificateURL is the AIA caIssuers URL.
 	IssuingCertificateURL []string
+	// Key, when set, is certified instead of a fresh key: issuing a CA
+	// with the Key and name of another CA cross-signs that CA.
+	Key crypto.Signer
+	// PermittedDNSDomains and ExcludedDNSDomains are name constraints (for
+	// a CA).
+	PermittedDNSDomains, ExcludedDNSDomains []string
+	// ExtraExtensions are added verbatim (e.g. an unknown critical one).
+	ExtraExtensions []pkix.Extension
 }
 
 // NewCA makes a self-signed root CA.
@@ -83,9 +92,12 @@ type Issued struct {
 
 // Issue signs a certificate as o describes.
 func (ca *CA) Issue(o Options) (*Issued, error) {
-	key, err := newKey(o.RSABits)
-	if err != nil {
-		return nil, err
+	key := o.Key
+	if key == nil {
+		var err error
+		if key, err = newKey(o.RSABits); err != nil {
+			return nil, err
+		}
 	}
 	tmpl := template(o)
 	if o.SignatureAlgorithm != 0 {
@@ -169,6 +181,9 @@ func template(o Options) *x509.Certificate {
 		DNSNames:              o.DNSNames,
 		IPAddresses:           o.IPs,
 		IssuingCertificateURL: o.IssuingCertificateURL,
+		PermittedDNSDomains:   o.PermittedDNSDomains,
+		ExcludedDNSDomains:    o.ExcludedDNSDomains,
+		ExtraExtensions:       o.ExtraExtensions,
 		BasicConstraintsValid: true,
 	}
 	if o.IsCA {
