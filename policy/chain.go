@@ -94,15 +94,23 @@ func (v *verifier) chainFailure(err error, sent []*x509.Certificate, now time.Ti
 			"install the ca-certificates package, or set ca_file to the CA that issued the server's certificate", err)
 	}
 
+	if f := v.ruleFailure(path, err); f != nil {
+		return f
+	}
+
 	var invalid x509.CertificateInvalidError
 	if errors.As(err, &invalid) {
 		switch invalid.Reason {
 		case x509.IncompatibleUsage:
 			return v.fail(Handshake, fmt.Sprintf("certificate %q is not valid for TLS server authentication (extended key usage)", invalid.Cert.Subject),
 				"reissue the server certificate with the serverAuth extended key usage", err)
+		case x509.CANotAuthorizedForThisName:
+			return v.nameConstraintFailure(path, invalid, now, err)
 		default:
-			return v.fail(UnknownAuthority, fmt.Sprintf("the chain does not lead to a trusted CA: %v", err),
-				v.authorityFix(), err)
+			// The chain reaches a trusted CA but breaks a rule on the way
+			// (certificate policies, constraint limits): not a trust problem.
+			return v.fail(Handshake, fmt.Sprintf("the chain breaks a rule of RFC 5280: %v", err),
+				"the server's certificate chain must be reissued so that it follows the rule named; trusting another CA does not help", err)
 		}
 	}
 
@@ -125,6 +133,73 @@ func (v *verifier) chainFailure(err error, sent []*x509.Certificate, now time.Ti
 	return v.fail(UnknownAuthority,
 		fmt.Sprintf("the chain ends at %q, issued by %q, which this destination's policy does not trust", top.Subject, top.Issuer),
 		v.authorityFix(), err)
+}
+
+// ruleFailure finds, along the issuance path, a certificate crypto/x509
+// refuses whatever the roots: one with a critical extension it does not
+// understand, or an issuer that is not a CA. crypto/x509 reports these
+// for a CA certificate only as a hint inside "unknown authority", so they
+// are read from the certificates themselves. Nil when there is none.
+func (v *verifier) ruleFailure(path []*x509.Certificate, err error) *Failure {
+	for i, c := range path {
+		if len(c.UnhandledCriticalExtensions) == 0 {
+			continue
+		}
+		oids := make([]string, len(c.UnhandledCriticalExtensions))
+		for j, oid := range c.UnhandledCriticalExtensions {
+			oids[j] = oid.String()
+		}
+		fix := fmt.Sprintf("reissue the server certificate without the critical extension %s (or with it not marked critical); a client that does not understand a critical extension must refuse the certificate", strings.Join(oids, ", "))
+		if i > 0 {
+			fix = fmt.Sprintf("the CA certificate %q cannot be used by clients that do not understand %s: have the server send a chain through a CA certificate without it, or get a certificate from another CA", c.Subject, strings.Join(oids, ", "))
+		}
+		return v.fail(Handshake,
+			fmt.Sprintf("the certificate %q carries a critical extension %s that this relay does not understand, so it is refused (RFC 5280)", c.Subject, strings.Join(oids, ", ")),
+			fix, err)
+	}
+	for i := 1; i < len(path); i++ {
+		c, child := path[i], path[i-1]
+		notCA := c.Version == 3 && !c.BasicConstraintsValid || c.BasicConstraintsValid && !c.IsCA
+		if notCA && c.CheckSignature(child.SignatureAlgorithm, child.RawTBSCertificate, child.Signature) == nil {
+			return v.fail(Handshake,
+				fmt.Sprintf("the certificate %q was signed by %q, which is not a CA certificate (basic constraints), so it may not issue certificates", child.Subject, c.Subject),
+				"the server needs a certificate issued by a CA certificate; a server's own certificate cannot issue others", err)
+		}
+	}
+	return nil
+}
+
+// nameConstraintFailure explains a chain refused by a CA's name
+// constraints, naming the CA: the first one on the path whose constraints
+// alone refuse the server's certificate.
+func (v *verifier) nameConstraintFailure(path []*x509.Certificate, invalid x509.CertificateInvalidError, now time.Time, err error) *Failure {
+	ca := "a CA in the chain"
+	for i := 1; i < len(path); i++ {
+		c := path[i]
+		if !hasNameConstraints(c) {
+			continue
+		}
+		roots, inter := x509.NewCertPool(), x509.NewCertPool()
+		roots.AddCert(c)
+		for _, p := range path[1:i] {
+			inter.AddCert(p)
+		}
+		_, alone := path[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		var e x509.CertificateInvalidError
+		if errors.As(alone, &e) && e.Reason == x509.CANotAuthorizedForThisName {
+			ca = fmt.Sprintf("the CA %q", c.Subject)
+			break
+		}
+	}
+	return v.fail(Handshake,
+		fmt.Sprintf("%s is not allowed to issue for the names of the server's certificate (name constraints): %s", ca, invalid.Detail),
+		"get the server a certificate from a CA permitted to issue for its names, or have the CA's name constraints corrected; trusting another CA does not lift them", err)
+}
+
+func hasNameConstraints(c *x509.Certificate) bool {
+	return len(c.PermittedDNSDomains)+len(c.ExcludedDNSDomains)+len(c.PermittedIPRanges)+len(c.ExcludedIPRanges)+
+		len(c.PermittedEmailAddresses)+len(c.ExcludedEmailAddresses)+len(c.PermittedURIDomains)+len(c.ExcludedURIDomains) > 0
 }
 
 func (v *verifier) authorityFix() string {
