@@ -118,7 +118,9 @@ Flags:
 	dialer := &upstream.Dialer{LocalName: localName, Timeout: *timeout}
 	p := dialer.Probe(ctx, dest)
 	if in := p.Inspection; in != nil && in.ChainClass == policy.IncompleteChain {
-		in.MissingIssuer = dest.FetchMissingIssuer(ctx, in.Sent, nil)
+		// The caIssuers URL is the server's to choose: it may reach internal
+		// addresses only when the upstream itself is at one.
+		in.MissingIssuer = dest.FetchMissingIssuer(ctx, in.Sent, nil, policy.ReachFor(ctx, dest.Upstream))
 	}
 	rep := newCheckReport(p, from)
 	if *asJSON {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,5 +164,39 @@ func TestCheckConfirmsIncompleteChain(t *testing.T) {
 	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "tls_failure=incomplete_chain") ||
 		!strings.Contains(string(out), "confirmed: "+srv.URL+"/inter.crt serves") {
 		t.Fatalf("exit %d:\n%s", cmd.ProcessState.ExitCode(), out)
+	}
+}
+
+// TestCheckDoesNotFollowAIARedirects: the leaf's AIA URL (on loopback, as
+// is the upstream, so loopback is allowed) redirects to the intermediate;
+// check must not follow it, and says so.
+func TestCheckDoesNotFollowAIARedirects(t *testing.T) {
+	root, _ := certgen.NewCA("AIA Root")
+	inter, interCert, _ := root.Intermediate("AIA Intermediate", certgen.Options{})
+	var followed atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/inter.crt" {
+			followed.Add(1)
+			w.Write(interCert.Cert.Raw)
+			return
+		}
+		http.Redirect(w, r, "/inter.crt", http.StatusMovedPermanently)
+	}))
+	defer srv.Close()
+	leaf, _ := inter.Issue(certgen.Options{CommonName: "mx.check.test", DNSNames: []string{"mx.check.test"},
+		IssuingCertificateURL: []string{srv.URL + "/moved.crt"}})
+	up, err := sink.Start(sink.Options{Cert: leaf.TLSCertificate(), Hostname: "mx.check.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	caFile := filepath.Join(t.TempDir(), "root.pem")
+	certgen.WriteCertFile(caFile, root.Cert)
+	cmd := exec.Command(binary, "check", "-ca-file", caFile, "-hostname", "mx.check.test", "-servername", "mx.check.test", up.Addr())
+	out, _ := cmd.Output()
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "tls_failure=incomplete_chain") ||
+		!strings.Contains(string(out), "could not confirm from "+srv.URL+"/moved.crt: HTTP 301") ||
+		!strings.Contains(string(out), "redirects are not followed") || followed.Load() != 0 {
+		t.Fatalf("exit %d, %d requests for the redirect's target:\n%s", cmd.ProcessState.ExitCode(), followed.Load(), out)
 	}
 }
