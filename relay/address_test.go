@@ -60,21 +60,21 @@ func TestEnvelopeAddressesAreParsed(t *testing.T) {
 	// Nothing of these may be queued: the transaction has no recipient.
 	reply := sendRaw(t, s, "MAIL FROM:<app@sender.test>", map[string]string{
 		`RCPT TO:<"victim@evil.example> ORCPT=rfc822;x"@example.test>`: "553 5.1.3",
-		`RCPT TO:<"victim@evil.example"@example.test>`:                  "553 5.1.3",
-		`RCPT TO:<victim@evil.example@example.test>`:                    "553 5.1.3",
-		`RCPT TO:<victim%evil.example@example.test>`:                    "553 5.1.3",
-		`RCPT TO:<"victim%evil.example"@example.test>`:                  "553 5.1.3",
-		`RCPT TO:<evil.example!victim@example.test>`:                    "553 5.1.3",
-		`RCPT TO:<"a,b"@example.test>`:                                  "553 5.1.3",
-		`RCPT TO:<a..b@example.test>`:                                   "501 5.1.3",
-		`RCPT TO:<.a@example.test>`:                                     "501 5.1.3",
-		`RCPT TO:<"a."@example.test>`:                                   "501 5.1.3",
-		`RCPT TO:<a@example.test..>`:                                    "501 5.1.3",
-		`RCPT TO:<a@exa_mple.test>`:                                     "501 5.1.3",
-		`RCPT TO:<a@[192.0.2.1]>`:                                       "550 5.7.1",
-		"RCPT TO:<us\xffer@example.test>":                               "553 5.6.7",
-		"RCPT TO:<us\x01er@example.test>":                               "501 5.5.2",
-		"RCPT TO:<" + strings.Repeat("x", 250) + "@example.test>":       "501 5.1.3",
+		`RCPT TO:<"victim@evil.example"@example.test>`:                 "553 5.1.3",
+		`RCPT TO:<victim@evil.example@example.test>`:                   "553 5.1.3",
+		`RCPT TO:<victim%evil.example@example.test>`:                   "553 5.1.3",
+		`RCPT TO:<"victim%evil.example"@example.test>`:                 "553 5.1.3",
+		`RCPT TO:<evil.example!victim@example.test>`:                   "553 5.1.3",
+		`RCPT TO:<"a,b"@example.test>`:                                 "553 5.1.3",
+		`RCPT TO:<a..b@example.test>`:                                  "501 5.1.3",
+		`RCPT TO:<.a@example.test>`:                                    "501 5.1.3",
+		`RCPT TO:<"a."@example.test>`:                                  "501 5.1.3",
+		`RCPT TO:<a@example.test..>`:                                   "501 5.1.3",
+		`RCPT TO:<a@exa_mple.test>`:                                    "501 5.1.3",
+		`RCPT TO:<a@[192.0.2.1]>`:                                      "550 5.7.1",
+		"RCPT TO:<us\xffer@example.test>":                              "553 5.6.7",
+		"RCPT TO:<us\x01er@example.test>":                              "501 5.5.2",
+		"RCPT TO:<" + strings.Repeat("x", 250) + "@example.test>":      "501 5.1.3",
 	})
 	if reply != "" {
 		t.Fatalf("a transaction with only refused recipients was answered %q", reply)
@@ -100,10 +100,10 @@ func TestEnvelopeAddressesAreParsed(t *testing.T) {
 	got := up.Commands()
 	want := map[string]bool{
 		`MAIL FROM:<"john doe"@sender.test> BODY=8BITMIME`: true,
-		`RCPT TO:<"jane doe"@example.test>`:               true,
-		`RCPT TO:<plain@example.test>`:                    true,
-		`RCPT TO:<"q\"uote\\d"@example.test>`:             true,
-		`RCPT TO:<a/b@example.test>`:                      true,
+		`RCPT TO:<"jane doe"@example.test>`:                true,
+		`RCPT TO:<plain@example.test>`:                     true,
+		`RCPT TO:<"q\"uote\\d"@example.test>`:              true,
+		`RCPT TO:<a/b@example.test>`:                       true,
 	}
 	if len(got) != len(want) {
 		t.Fatalf("upstream received %q, want the %d lines %v", got, len(want), want)
