@@ -360,7 +360,7 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 			rcpts[k] = st.Recipients[i].Addr
 		}
 		dctx, cancel := context.WithTimeout(ctx, cfg.Queue.DeliveryTimeout.Duration)
-		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body}, false)
+		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body, UTF8: msg.UTF8}, false)
 		cancel()
 		result := "delivered"
 		if o.failure != nil {

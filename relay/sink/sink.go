@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ type Message struct {
 	Data []byte
 	TLS  tls.ConnectionState
 	User string // the AUTH identity, if any
+	UTF8 bool   // MAIL FROM carried SMTPUTF8
 }
 
 // Options configure a Sink.
@@ -55,6 +57,13 @@ type Options struct {
 	// IdleTimeout closes a connection idle this long (default 1 minute),
 	// as real servers do.
 	IdleTimeout time.Duration
+	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
+	// RecordCommands keeps every MAIL and RCPT command line as received,
+	// for Commands. The lines are taken from go-smtp's debug stream of all
+	// connections, so use it with one connection at a time; message lines
+	// that begin like a MAIL or RCPT command are listed too.
+	RecordCommands bool
 }
 
 // Sink is a running SMTP server that keeps what it receives.
@@ -69,6 +78,8 @@ type Sink struct {
 	sessions int
 	live     map[*trackedConn]bool // open connections
 	arrived  chan struct{}
+	// stream is go-smtp's debug stream, with RecordCommands.
+	stream bytes.Buffer
 }
 
 // Start listens and serves until Close.
@@ -91,6 +102,10 @@ func Start(o Options) (*Sink, error) {
 	}
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = discardLogger{}
+	srv.EnableSMTPUTF8 = o.SMTPUTF8
+	if o.RecordCommands {
+		srv.Debug = streamWriter{s}
+	}
 	var tcfg *tls.Config
 	if !o.NoTLS {
 		tcfg = &tls.Config{Certificates: []tls.Certificate{o.Cert}, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion}
@@ -154,6 +169,30 @@ func (s *Sink) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Message(nil), s.messages...)
+}
+
+// Commands returns the MAIL and RCPT command lines received so far, as
+// they were on the wire (without CRLF); it needs RecordCommands.
+func (s *Sink) Commands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(s.stream.String(), "\r\n") {
+		if u := strings.ToUpper(l); strings.HasPrefix(u, "MAIL FROM:") || strings.HasPrefix(u, "RCPT TO:") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// streamWriter keeps go-smtp's debug stream (what the sink reads and
+// writes, after TLS) for Commands.
+type streamWriter struct{ s *Sink }
+
+func (w streamWriter) Write(b []byte) (int, error) {
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.s.stream.Write(b)
 }
 
 // trackingListener counts the connections the sink accepts and keeps the
@@ -245,6 +284,7 @@ type session struct {
 	from string
 	to   []string
 	user string
+	utf8 bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -266,7 +306,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.sink.opts.Users != nil && s.user == "" {
 		return smtp.ErrAuthRequired
 	}
@@ -275,7 +315,7 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 			return err
 		}
 	}
-	s.from = from
+	s.from, s.utf8 = from, opts != nil && opts.UTF8
 	return nil
 }
 
@@ -297,11 +337,11 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 	state, _ := s.conn.TLSConnectionState()
-	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user})
+	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user, UTF8: s.utf8})
 	return nil
 }
 
-func (s *session) Reset()        { s.from, s.to = "", nil }
+func (s *session) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
 func (s *session) Logout() error { return nil }
 
 type discardLogger struct{}

@@ -52,6 +52,9 @@ type Envelope struct {
 	Helo       string    `json:"helo,omitempty"`
 	// Bounce marks a delivery status notification the relay generated.
 	Bounce bool `json:"bounce,omitempty"`
+	// UTF8 marks a message submitted with SMTPUTF8: its addresses may be
+	// non-ASCII, and it goes upstream with SMTPUTF8.
+	UTF8 bool `json:"smtputf8,omitempty"`
 	// Prepend is header text sent before the body, e.g. a DKIM-Signature
 	// computed over the body after it was received.
 	Prepend string `json:"prepend,omitempty"`
