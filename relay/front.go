@@ -269,9 +269,12 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	defer cancel()
 	env := p.Envelope()
 	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
-	if out.failure == nil && len(out.refused) == 0 && out.delivered {
+	switch {
+	case out.failure == nil && len(out.refused) == 0 && out.delivered:
 		s.relay.metrics.Accepted.Inc()
-	} else {
+	case out.superseded:
+		s.relay.countReject("policy_changed")
+	default:
 		s.relay.countReject("delivery_failed")
 	}
 	return out.reply()
