@@ -273,3 +273,43 @@ func TestPooledConnectionsAgeOut(t *testing.T) {
 		}
 	})
 }
+
+// TestReloadStopsADeliveryStillConnecting: a reject-mode delivery that is
+// still connecting under a policy a reload replaces never begins its
+// transaction; Reload returns once it has stopped, and the client is
+// asked to send the message again.
+func TestReloadStopsADeliveryStillConnecting(t *testing.T) {
+	p, other := newPKI(t, "Test CA"), newPKI(t, "Other CA")
+	hang, err := sink.StartSilent("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hang.Close() })
+	base := strings.Replace(baseConfig(t.TempDir()), `connect_timeout = "5s"`, `connect_timeout = "1s"`, 1)
+	tr := startRelay(t, base+destination("example.test", hang.Addr(), p.caFile, "mx.example.test", `on_failure = "reject"`))
+
+	replied := make(chan error, 1)
+	go func() {
+		_, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody)
+		replied <- err
+	}()
+	eventually(t, 5*time.Second, "the relay connecting to the upstream", func() bool { return hang.Accepted() == 1 })
+	tr.reload(t, base+destination("example.test", hang.Addr(), other.caFile, "mx.example.test", `on_failure = "reject"`))
+	logs := tr.logs.String()
+	stopped, reloaded := strings.Index(logs, "not sent: the destination's policy was replaced"), strings.Index(logs, "configuration reloaded")
+	if stopped < 0 || reloaded < stopped {
+		t.Fatal("Reload returned before the delivery under the policy it replaced had stopped")
+	}
+	select {
+	case err := <-replied:
+		se, ok := err.(*smtp.SMTPError)
+		if !ok || se.Code != 451 || !strings.Contains(se.Message, "policy") {
+			t.Fatalf("got %v, want 451 saying the policy changed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply to DATA")
+	}
+	if !strings.Contains(tr.logs.String(), "deliveries_waited_for=1") {
+		t.Error("the reload's log line does not count the delivery it waited for")
+	}
+}
