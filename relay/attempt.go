@@ -50,14 +50,16 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 // attempt opens a verified connection to dest and sends the message to
 // rcpts. With allOrNothing (reject mode) a recipient refused by the
 // upstream stops the whole transaction before DATA, so the client's single
-// reply is true for every recipient.
+// reply is true for every recipient. The attempt runs as a flight of
+// dest's gate: when a reload replaces dest before the transaction begins
+// (or cancels it), the outcome is superseded and nothing else.
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
 	fl := r.admit(ctx, dest)
 	if fl == nil {
 		o.superseded = true
-		log.Info("not sent: the destination's policy was replaced by a reload")
+		log.Info("not tried: the destination's policy was replaced by a reload")
 		return o
 	}
 	defer fl.done()
@@ -82,7 +84,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 			return false
 		}
 		*o = outcome{dest: dest, rcpts: rcpts, superseded: true}
-		log.Info("not sent: the destination's policy was replaced by a reload", "error", err)
+		log.Info("stopped: the destination's policy was replaced by a reload", "error", err)
 		return true
 	}
 	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)

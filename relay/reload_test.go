@@ -296,7 +296,7 @@ func TestReloadStopsADeliveryStillConnecting(t *testing.T) {
 	eventually(t, 5*time.Second, "the relay connecting to the upstream", func() bool { return hang.Accepted() == 1 })
 	tr.reload(t, base+destination("example.test", hang.Addr(), other.caFile, "mx.example.test", `on_failure = "reject"`))
 	logs := tr.logs.String()
-	stopped, reloaded := strings.Index(logs, "not sent: the destination's policy was replaced"), strings.Index(logs, "configuration reloaded")
+	stopped, reloaded := strings.Index(logs, "stopped: the destination's policy was replaced"), strings.Index(logs, "configuration reloaded")
 	if stopped < 0 || reloaded < stopped {
 		t.Fatal("Reload returned before the delivery under the policy it replaced had stopped")
 	}
