@@ -275,9 +275,12 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.DeliveryTimeout.Duration)
 	defer cancel()
 	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
-	if out.failure == nil && len(out.refused) == 0 && out.delivered {
+	switch {
+	case out.failure == nil && len(out.refused) == 0 && out.delivered:
 		s.relay.metrics.Accepted.Inc()
-	} else {
+	case out.superseded:
+		s.relay.countReject("policy_changed")
+	default:
 		s.relay.countReject("delivery_failed")
 	}
 	return out.reply()

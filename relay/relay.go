@@ -59,6 +59,11 @@ type Relay struct {
 	control net.Listener
 	once    sync.Once
 	expiry  expiryWarnings
+
+	// gates admits deliveries under the destinations in force (see
+	// policygate.go); reloading serializes reloads.
+	gates     atomic.Pointer[gates]
+	reloading sync.Mutex
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
@@ -78,9 +83,12 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 		level:  opts.Level,
 		served: make(chan error, 2),
 	}
+	gs := newGates(cfg.Table, nil)
+	r.gates.Store(&gs)
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
-	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages)
+	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
+		cfg.Queue.UpstreamMaxAge.Duration, opts.Clock)
 	r.metrics = metrics.New(r.queue.stats)
 	r.server = r.newServer(cfg)
 	return r, nil

@@ -89,9 +89,11 @@ type Queue struct {
 	CertExpiryWarning Duration `toml:"cert_expiry_warning"`
 	// Verified upstream connections are kept open this long between
 	// messages (0: a new connection per delivery), for at most this many
-	// messages each.
+	// messages each, and reused for at most UpstreamMaxAge after they were
+	// verified.
 	UpstreamIdleTimeout Duration `toml:"upstream_idle_timeout"`
 	UpstreamMaxMessages int      `toml:"upstream_max_messages"`
+	UpstreamMaxAge      Duration `toml:"upstream_max_age"`
 }
 
 // Metrics is the [metrics] table.
@@ -125,6 +127,10 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the duration back in the same form.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
+// maxUpstreamMaxAge bounds upstream_max_age: a pooled connection is
+// verified again at least once a day.
+const maxUpstreamMaxAge = 24 * time.Hour
+
 // Default returns the configuration used for keys the file leaves out.
 func Default() *Config {
 	return &Config{
@@ -153,6 +159,7 @@ func Default() *Config {
 			CertExpiryWarning:   Duration{30 * 24 * time.Hour},
 			UpstreamIdleTimeout: Duration{30 * time.Second},
 			UpstreamMaxMessages: 1000,
+			UpstreamMaxAge:      Duration{5 * time.Minute},
 		},
 		Log: Log{Level: "info", Format: "auto"},
 	}
@@ -284,6 +291,9 @@ func (c *Config) check(src string) error {
 	}
 	if q.UpstreamMaxMessages <= 0 {
 		return bad("queue", "upstream_max_messages", "must be positive")
+	}
+	if q.UpstreamMaxAge.Duration <= 0 || q.UpstreamMaxAge.Duration > maxUpstreamMaxAge {
+		return bad("queue", "upstream_max_age", "%s is out of range: it must be more than 0s and at most 24h, e.g. \"5m\" (the default); to stop reusing connections, set upstream_idle_timeout = \"0s\" instead", q.UpstreamMaxAge)
 	}
 	if q.Workers <= 0 || q.Workers > 1024 {
 		return bad("queue", "workers", "must be between 1 and 1024")

@@ -93,6 +93,8 @@ func TestConfigErrorsNameKeyLineAndFix(t *testing.T) {
 		{"no destination", "[server]\nlisten = \"127.0.0.1:2525\"\n", "no [[destination]] is configured"},
 		{"bad network", "[server]\nallowed_networks = [\"everyone\"]\n" + dest, "server.allowed_networks: \"everyone\" is not a network"},
 		{"retry order", "[queue]\nretry_min = \"1h\"\nretry_max = \"1m\"\n" + dest, "queue.retry_max"},
+		{"upstream_max_age 0", "[queue]\nupstream_max_age = \"0s\"\n" + dest, "test.toml:2: queue.upstream_max_age: 0s is out of range"},
+		{"upstream_max_age over a day", "[queue]\nupstream_max_age = \"25h\"\n" + dest, "queue.upstream_max_age: 25h0m0s is out of range"},
 		{"password env unset", dest + "auth_username = \"u\"\nauth_password_env = \"TLSRELAY_SURELY_UNSET\"\n", "TLSRELAY_SURELY_UNSET is not set"},
 		{"username without password", dest + "auth_username = \"u\"\n", "no password"},
 		{"syntax", "[server\n", "test.toml:2"},
