@@ -43,12 +43,12 @@ func decode(c *Config, src string, p *problems) bool {
 		switch {
 		case f.Kind() == reflect.Struct:
 			var m map[string]toml.Primitive
-			if d.shape(top[k], &struct{}{}, k) && d.shape(top[k], &m, k) {
+			if d.shape(top[k], &struct{}{}, k, "is not a table; write ["+k+"] on a line of its own, then its keys") && d.shape(top[k], &m, k, "") {
 				d.table(m, f, k, -1, k)
 			}
 		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
 			var arr []map[string]toml.Primitive
-			if d.shape(top[k], &[]struct{}{}, k) && d.shape(top[k], &arr, k) {
+			if d.shape(top[k], &[]struct{}{}, k, "is not an array of tables; write [["+k+"]] (two brackets) above each one") && d.shape(top[k], &arr, k, "") {
 				f.Set(reflect.MakeSlice(f.Type(), len(arr), len(arr)))
 				for i, m := range arr {
 					d.table(m, f.Index(i), k, i, fmt.Sprintf("%s[%d]", k, i+1))
@@ -104,10 +104,14 @@ func (d *decoder) value(prim toml.Primitive, f reflect.Value, key string, line i
 }
 
 // shape decodes prim into v to check that it is a table (or an array of
-// tables) as key requires.
-func (d *decoder) shape(prim toml.Primitive, v any, key string) bool {
+// tables) as key requires; msg, when set, says so instead of the decoder.
+func (d *decoder) shape(prim toml.Primitive, v any, key, msg string) bool {
 	if err := d.md.PrimitiveDecode(prim, v); err != nil {
-		d.p.undecodable(decodeError(d.p.file, err, key, lineOfKey(d.src, toml.Key{key})))
+		e := decodeError(d.p.file, err, key, lineOfKey(d.src, toml.Key{key}))
+		if msg != "" {
+			e = newError(e.File, e.Line, key, msg)
+		}
+		d.p.undecodable(e)
 		return false
 	}
 	return true
