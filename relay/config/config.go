@@ -253,7 +253,7 @@ func (c *Config) check(src string, p *problems) {
 		p.add(bad("queue", "upstream_max_messages", "must be positive; write e.g. upstream_max_messages = 1000"))
 	}
 	if q.UpstreamMaxAge.Duration <= 0 || q.UpstreamMaxAge.Duration > maxUpstreamMaxAge {
-		return bad("queue", "upstream_max_age", "%s is out of range: it must be more than 0s and at most 24h, e.g. \"5m\" (the default); to stop reusing connections, set upstream_idle_timeout = \"0s\" instead", q.UpstreamMaxAge)
+		p.add(bad("queue", "upstream_max_age", "%s is out of range: it must be more than 0s and at most 24h; write e.g. upstream_max_age = \"5m\" (the default), or to stop reusing connections set upstream_idle_timeout = \"0s\" instead", q.UpstreamMaxAge))
 	}
 	if q.Workers <= 0 || q.Workers > 1024 {
 		p.add(bad("queue", "workers", "must be between 1 and 1024; write e.g. workers = 16"))
