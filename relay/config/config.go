@@ -232,6 +232,13 @@ func Parse(name, src string) (*Config, error) {
 	return c, nil
 }
 
+// MaxRecipientsLimit is the upper bound of max_recipients: that many
+// addresses of the longest kind (256 octets, each escaped to 6 bytes in the
+// spool's encoding) and the rest of an envelope stay well inside the
+// spool's envelope limit (4 MiB), so a configuration can never promise what
+// the spool cannot store. Postfix's default is 1000.
+const MaxRecipientsLimit = 2000
+
 func (c *Config) check(src string) error {
 	bad := func(table, key, format string, args ...any) error {
 		return &Error{File: c.Path, Line: lineOf(src, table, -1, key), Key: table + "." + key, Msg: fmt.Sprintf(format, args...)}
@@ -260,6 +267,9 @@ func (c *Config) check(src string) error {
 	}
 	if s.MaxRecipients <= 0 {
 		return bad("server", "max_recipients", "must be positive")
+	}
+	if s.MaxRecipients > MaxRecipientsLimit {
+		return bad("server", "max_recipients", "%d is more than %d, the most one transaction's envelope can hold in the spool; write at most %d", s.MaxRecipients, MaxRecipientsLimit, MaxRecipientsLimit)
 	}
 	if err := c.checkInbound(bad); err != nil {
 		return err
