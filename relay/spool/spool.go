@@ -104,6 +104,7 @@ type EnvelopeTooLargeError struct {
 	Size int // the encoded size
 }
 
+// Error says how large the envelope is and what the limit is.
 func (e *EnvelopeTooLargeError) Error() string {
 	return fmt.Sprintf("envelope of %s is %d bytes encoded, more than the spool's limit of %d (too many or too long addresses)", e.ID, e.Size, MaxEnvelopeBytes)
 }
