@@ -76,6 +76,9 @@ type session struct {
 	// mode: such a transaction holds recipients of that destination only,
 	// so the one reply to DATA is true for every recipient.
 	reject *policy.Destination
+	// envBytes tallies the encoded size of this transaction's envelope
+	// (see envelopeRoom).
+	envBytes int
 }
 
 func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -161,6 +164,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if len(s.rcpts) > 0 && (s.reject != nil || dest.OnFailure == policy.Reject) && dest != s.reject {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
+	}
+	if err := s.envelopeRoom(to); err != nil {
+		return err
 	}
 	if dest.OnFailure == policy.Reject {
 		s.reject = dest

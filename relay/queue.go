@@ -67,6 +67,7 @@ func (q *queue) recover() error {
 	if err != nil {
 		return err
 	}
+	q.reportDamage()
 	now := q.r.now()
 	for _, id := range ids {
 		msg, err := q.r.store.Open(id)
@@ -98,6 +99,21 @@ func (q *queue) recover() error {
 		q.r.log.Info("recovered queued messages", "count", len(ids))
 	}
 	return nil
+}
+
+// reportDamage logs each journal segment that Recover found damaged: an
+// operator should know that the disk lost or mangled data, and where the
+// evidence is.
+func (q *queue) reportDamage() {
+	for _, d := range q.r.store.Damaged() {
+		if d.Err != nil {
+			q.r.log.Error("journal segment damaged: it could not be read to its end nor moved aside; it stays in journal/ (never deleted) and its readable messages are delivered from it",
+				"segment", d.Segment, "recovered", d.Recovered, "unreadable_bytes", d.Unreadable, "error", d.Err)
+			continue
+		}
+		q.r.log.Error("journal segment damaged: it could not be read to its end; its readable messages were saved and will be delivered, and the segment was moved to corrupt/ for inspection",
+			"segment", d.Segment, "moved_to", d.MovedTo, "recovered", d.Recovered, "unreadable_bytes", d.Unreadable)
+	}
 }
 
 func (q *queue) quarantine(id string, err error) {

@@ -76,6 +76,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	store.SetLogger(opts.Logger)
 	r := &Relay{
 		log:    opts.Logger,
 		store:  store,

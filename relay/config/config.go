@@ -197,6 +197,13 @@ func Parse(name, src string) (*Config, error) {
 	return c, nil
 }
 
+// MaxRecipientsLimit is the upper bound of max_recipients: that many
+// addresses of the longest kind (256 octets, each escaped to 6 bytes in the
+// spool's encoding) and the rest of an envelope stay well inside the
+// spool's envelope limit (4 MiB), so a configuration can never promise what
+// the spool cannot store. Postfix's default is 1000.
+const MaxRecipientsLimit = 2000
+
 // check validates the decoded values and compiles the destinations,
 // adding each mistake to p. To add a check, add one p.add(bad(...)) line;
 // guard it with p.ok(...) when it reads another key's value.
@@ -229,6 +236,9 @@ func (c *Config) check(src string, p *problems) {
 	}
 	if s.MaxRecipients <= 0 {
 		p.add(bad("server", "max_recipients", "must be positive; write e.g. max_recipients = 100"))
+	}
+	if s.MaxRecipients > MaxRecipientsLimit {
+		p.add(bad("server", "max_recipients", "%d is more than %d, the most one transaction's envelope can hold in the spool; write at most %d", s.MaxRecipients, MaxRecipientsLimit, MaxRecipientsLimit))
 	}
 	c.checkInbound(bad, p)
 	if c.Metrics.Listen != "" {
