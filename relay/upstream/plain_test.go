@@ -181,3 +181,17 @@ func TestPlaintextPhaseDiagnosis(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeOfARefusedSTARTTLS: `tlsrelay check` says the server offered
+// STARTTLS (and refused it), not that it did not offer it.
+func TestProbeOfARefusedSTARTTLS(t *testing.T) {
+	dest := rawUpstream(t, upTo("STARTTLS", say("454 4.7.0 TLS not available\r\n")))
+	d := &Dialer{LocalName: "relay.test", Timeout: 10 * time.Second}
+	p := d.Probe(context.Background(), dest)
+	if p.Failure == nil || p.Failure.Class != policy.StartTLSMissing || !p.StartTLSOffered || !p.Connected {
+		t.Fatalf("probe: failure %v, offered %v, connected %v; want starttls_missing, offered, connected", p.Failure, p.StartTLSOffered, p.Connected)
+	}
+	if p.Greeting != "mx.example.test ESMTP" {
+		t.Errorf("greeting %q", p.Greeting)
+	}
+}
