@@ -17,12 +17,16 @@ type pipeConn struct {
 
 func (p pipeConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
-func discipline(in []byte, oneByte bool) []byte {
+func discipline(in []byte, oneByte bool) []byte { return disciplineOffering(in, oneByte, false) }
+
+// disciplineOffering reads in through a Conn whose server offers
+// STARTTLS or not, and never writes.
+func disciplineOffering(in []byte, oneByte, startTLS bool) []byte {
 	var r io.Reader = bytes.NewReader(in)
 	if oneByte {
 		r = iotest.OneByteReader(r)
 	}
-	out, _ := io.ReadAll(NewConn(pipeConn{r: r}, false))
+	out, _ := io.ReadAll(NewConn(pipeConn{r: r}, startTLS))
 	return out
 }
 
@@ -165,7 +169,7 @@ func hasBare(b []byte) bool {
 }
 
 func FuzzLineDiscipline(f *testing.F) {
-	for _, s := range []string{"a\r\nb\r\n", "\n.\n", "\r\n.\r", "STARTTLS\r\n\x16", "\r\r\n\x00", ""} {
+	for _, s := range []string{"a\r\nb\r\n", "\n.\n", "\r\n.\r", "STARTTLS\r\n\x16", "STARTTLS\r\n\x16\n.\n", "\r\r\n\x00", ""} {
 		f.Add([]byte(s), false)
 	}
 	f.Fuzz(func(t *testing.T, in []byte, oneByte bool) {
@@ -180,6 +184,11 @@ func FuzzLineDiscipline(f *testing.F) {
 		}
 		if len(out) != len(in) {
 			t.Fatalf("length changed: %q -> %q", in, out)
+		}
+		// What the client sends alone never makes Conn step aside, even
+		// when the server offers STARTTLS.
+		if offered := disciplineOffering(in, oneByte, true); !bytes.Equal(offered, out) {
+			t.Fatalf("with STARTTLS offered: %q -> %q, without: %q", in, offered, out)
 		}
 		// The data check refuses exactly the inputs with a bare CR, LF or NUL.
 		_, err := io.ReadAll(&Reader{R: iotest.OneByteReader(bytes.NewReader(in))})
