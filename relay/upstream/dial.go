@@ -100,10 +100,12 @@ func (d *Dialer) dialTLS(ctx context.Context, dest *policy.Destination, observe 
 	// Verification already ran inside the handshake; running it once more
 	// on the final state makes "this connection is verified" a fact checked
 	// right here, not an assumption about crypto/tls's callbacks.
-	if err := dest.VerifyState(conn.TLS, clock); err != nil {
+	chains, err := dest.VerifyState(conn.TLS, clock)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
+	conn.TLS.VerifiedChains = chains
 	conn.Established = clock()
 
 	conn.raw.SetDeadline(time.Now().Add(commandTimeout))
@@ -144,6 +146,10 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
+	// A cancelled ctx (shutdown, a reload retiring this policy) interrupts
+	// the plaintext phase too, not only the dial and the handshake.
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	c := &Conn{Dest: dest, raw: raw}
 	if dest.Mode == policy.StartTLS {
 		if err := c.startTLS(d.LocalName, d.Timeout); err != nil {

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"sync"
 	"time"
@@ -128,26 +127,10 @@ func (p *Pool) reusableUntil(c *Conn) time.Time {
 }
 
 // chainExpiry returns the earliest notAfter over every certificate of c's
-// verified chains, trust anchor included. The policy's verifier runs with
-// InsecureSkipVerify (see policy.ClientConfig), so crypto/tls leaves
-// TLS.VerifiedChains empty; the chains are built here once, the first
-// time the connection is pooled, from the same roots and certificates the
-// verifier used, at the time it verified, and kept in TLS.VerifiedChains.
-// This only bounds reuse: it never accepts a connection.
+// verified chains (those policy.VerifyState returned), trust anchor
+// included.
 func chainExpiry(c *Conn) time.Time {
 	cs := &c.TLS
-	if len(cs.VerifiedChains) == 0 && len(cs.PeerCertificates) > 0 {
-		opts := x509.VerifyOptions{
-			Roots:         c.Dest.Roots,
-			Intermediates: x509.NewCertPool(),
-			CurrentTime:   c.Established,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}
-		for _, ic := range cs.PeerCertificates[1:] {
-			opts.Intermediates.AddCert(ic)
-		}
-		cs.VerifiedChains, _ = cs.PeerCertificates[0].Verify(opts)
-	}
 	var first time.Time
 	for _, chain := range cs.VerifiedChains {
 		for _, cert := range chain {
