@@ -174,8 +174,7 @@ func logFailure(log *slog.Logger, msg string, f *policy.Failure) {
 // reply is the answer to DATA for a reject-mode transaction.
 func (o *outcome) reply() error {
 	if o.superseded {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: clip("The relay's policy for "+o.dest.Name()+" changed during this transaction (configuration reloaded); send the message again to have it relayed under the policy now in force", 490)}
+		return policyChanged(o.dest)
 	}
 	if o.failure == nil && len(o.refused) == 0 && o.delivered {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
@@ -193,6 +192,13 @@ func (o *outcome) reply() error {
 		}
 	}
 	return failureReply(o.dest, f)
+}
+
+// policyChanged is the reply in a reject-mode transaction whose
+// destination was replaced by a reload after the transaction chose it.
+func policyChanged(dest *policy.Destination) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: clip("The relay's policy for "+dest.Name()+" changed during this transaction (configuration reloaded); send the message again to have it relayed under the policy now in force", 490)}
 }
 
 // failureReply maps a failure to the SMTP reply a client gets in reject

@@ -161,6 +161,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
 			Message: "Relaying to " + addr.Domain + " denied: no [[destination]] in this relay's policy claims that domain"}
 	}
+	if s.reject != nil && !s.relay.inForce(s.reject) {
+		return policyChanged(s.reject)
+	}
 	if len(s.rcpts) > 0 && (s.reject != nil || dest.OnFailure == policy.Reject) && dest != s.reject {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}

@@ -68,6 +68,11 @@ func newGates(t *policy.Table, prev gates) gates {
 	return gs
 }
 
+// inForce reports whether dest is a destination of the policy in force.
+func (r *Relay) inForce(dest *policy.Destination) bool {
+	return (*r.gates.Load())[dest] != nil
+}
+
 // admit starts a delivery under dest. It returns nil when dest is no
 // longer the policy in force; otherwise the flight's context must be used
 // for the delivery, and done called at its end.

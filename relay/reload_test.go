@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -54,6 +53,9 @@ func TestReloadBetweenRcptAndData(t *testing.T) {
 			t.Fatal(err)
 		}
 		reload()
+		if err := c.Rcpt("second@example.test", nil); err != nil {
+			return err
+		}
 		w, err := c.Data()
 		if err != nil {
 			return err
@@ -69,7 +71,7 @@ func TestReloadBetweenRcptAndData(t *testing.T) {
 	})
 	se, ok := err.(*smtp.SMTPError)
 	if !ok || se.Code != 451 || !strings.Contains(se.Message, "policy") || !strings.Contains(se.Message, "send the message again") {
-		t.Fatalf("DATA after a reload that replaced the destination's policy: got %v, want 451 saying the policy changed and to send again", err)
+		t.Fatalf("RCPT after a reload that replaced the destination's policy: got %v, want 451 saying the policy changed and to send again", err)
 	}
 	if n, s := up.Count(), up.Sessions(); n != 0 || s != 0 {
 		t.Fatalf("the upstream got %d messages over %d connections under a policy no longer in force", n, s)
@@ -82,6 +84,35 @@ func TestReloadBetweenRcptAndData(t *testing.T) {
 	}
 	if n := up.Count(); n != 1 {
 		t.Fatalf("the upstream got %d messages, want 1", n)
+	}
+
+	// A reload between the last RCPT and DATA: DATA gets the 451.
+	tr.reload(t, trusting)
+	c, err := smtp.Dial(tr.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("app.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("app@sender.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("rcpt@example.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	tr.reload(t, base+destination("example.test", up.Addr(), other.caFile, "mx.example.test", `on_failure = "reject"`))
+	w, err := c.Data()
+	if err == nil {
+		w.Write([]byte(testBody))
+		err = w.Close()
+	}
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 451 || !strings.Contains(se.Message, "send the message again") {
+		t.Fatalf("DATA after a reload between RCPT and DATA: got %v, want 451 saying the policy changed", err)
+	}
+	if n := up.Count(); n != 1 {
+		t.Fatalf("the upstream got %d messages, want still 1", n)
 	}
 }
 
@@ -189,31 +220,6 @@ type testClock struct{ offset atomic.Int64 }
 
 func (c *testClock) now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
 func (c *testClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
-
-// startRelayAt is startRelay with a clock the test moves.
-func startRelayAt(t *testing.T, cfgText string, clock *testClock) *testRelay {
-	t.Helper()
-	cfg, err := config.Parse("test.toml", cfgText)
-	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfgText)
-	}
-	logs := &logBuffer{}
-	r, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), Clock: clock.now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Start(); err != nil {
-		t.Fatal(err)
-	}
-	tr := &testRelay{Relay: r, logs: logs, cfg: cfg}
-	t.Cleanup(func() {
-		tr.stop()
-		if t.Failed() {
-			t.Logf("relay log:\n%s", logs.String())
-		}
-	})
-	return tr
-}
 
 // TestPooledConnectionsAgeOut: a pooled connection is not reused once it
 // is upstream_max_age old, nor past the expiry of a certificate of its
