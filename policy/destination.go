@@ -48,6 +48,13 @@ type Spec struct {
 	AuthPasswordFile string   `toml:"auth_password_file"`
 	ClientCertFile   string   `toml:"client_cert_file"`
 	ClientKeyFile    string   `toml:"client_key_file"`
+	// Provider names a preset (microsoft365, gmail) that fills upstream,
+	// tls and the OAuth endpoints and scopes; every value is overridable.
+	Provider string `toml:"provider"`
+	// AuthMechanism is auto, xoauth2, oauthbearer, plain or login.
+	AuthMechanism string `toml:"auth_mechanism"`
+	// OAuth is the [destination.oauth] table.
+	OAuth *OAuthSpec `toml:"oauth"`
 }
 
 // Destination is a compiled, validated policy for a set of recipient
@@ -68,11 +75,21 @@ type Destination struct {
 	AuthUsername    string
 	AuthPassword    Secret
 	ClientCert      *tls.Certificate
-	spec            Spec
+	// Provider is the preset used, if any; OAuth the token configuration
+	// when the destination logs in with OAuth; AuthMechanism the SASL
+	// mechanism asked for.
+	Provider      *Provider
+	OAuth         *OAuth
+	AuthMechanism Mechanism
+	spec          Spec
 	// sessions lets reconnections resume TLS sessions (verification still
 	// runs on every resumed connection, see ClientConfig).
 	sessions tls.ClientSessionCache
 }
+
+// LogsIn reports whether the destination authenticates to its upstream,
+// with a password or with OAuth.
+func (d *Destination) LogsIn() bool { return d.AuthUsername != "" || d.OAuth != nil }
 
 // Spec returns the configuration the destination was compiled from.
 func (d *Destination) Spec() Spec { return d.spec }
@@ -108,6 +125,19 @@ func Compile(s Spec) (*Destination, error) {
 		d.Domains = append(d.Domains, p)
 	}
 
+	if s.Provider != "" {
+		prov, ok := Providers[strings.ToLower(s.Provider)]
+		if !ok {
+			return nil, fieldErr("provider", "%q is not a known provider; write \"microsoft365\" or \"gmail\", or leave it out and set upstream yourself", s.Provider)
+		}
+		d.Provider = prov
+		if s.Upstream == "" {
+			s.Upstream = prov.Upstream
+		}
+		if s.TLS == "" {
+			s.TLS = string(prov.TLS)
+		}
+	}
 	if s.Upstream == "" {
 		return nil, fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587"`)
 	}
@@ -184,6 +214,12 @@ func Compile(s Spec) (*Destination, error) {
 	}
 
 	if err := d.compileAuth(s); err != nil {
+		return nil, err
+	}
+	if err := d.compileOAuth(s, d.Provider); err != nil {
+		return nil, err
+	}
+	if err := d.compileMechanism(s); err != nil {
 		return nil, err
 	}
 

@@ -43,6 +43,8 @@ type Options struct {
 	MinVersion, MaxVersion uint16
 	// Users, if set, enables AUTH PLAIN (after TLS) with these passwords.
 	Users map[string]string
+	// OAuth, if set, enables AUTH XOAUTH2 and OAUTHBEARER (after TLS).
+	OAuth *OAuthOptions
 	// Refuse, if set, decides per recipient: a non-nil error refuses it.
 	Refuse func(rcpt string) *smtp.SMTPError
 	// RefuseMail, if set, decides per sender: a non-nil error refuses the
@@ -250,13 +252,26 @@ type session struct {
 var _ smtp.AuthSession = (*session)(nil)
 
 func (s *session) AuthMechanisms() []string {
-	if s.sink.opts.Users == nil {
-		return nil
+	var mechs []string
+	if s.sink.opts.Users != nil {
+		mechs = append(mechs, sasl.Plain)
 	}
-	return []string{sasl.Plain}
+	if s.sink.opts.OAuth != nil {
+		mechs = append(mechs, mechXOAuth2, mechOAuthBearer)
+	}
+	return mechs
 }
 
+// loginRequired reports whether MAIL needs a login first.
+func (s *session) loginRequired() bool { return s.sink.opts.Users != nil || s.sink.opts.OAuth != nil }
+
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	switch {
+	case (mech == mechXOAuth2 || mech == mechOAuthBearer) && s.sink.opts.OAuth != nil:
+		return &oauthServer{opts: s.sink.opts.OAuth, mech: mech, onSuccess: func(u string) { s.user = u }}, nil
+	case mech != sasl.Plain || s.sink.opts.Users == nil:
+		return nil, errNoMech
+	}
 	return sasl.NewPlainServer(func(identity, user, pass string) error {
 		if want, ok := s.sink.opts.Users[user]; ok && want == pass {
 			s.user = user
@@ -267,7 +282,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
-	if s.sink.opts.Users != nil && s.user == "" {
+	if s.loginRequired() && s.user == "" {
 		return smtp.ErrAuthRequired
 	}
 	if f := s.sink.opts.RefuseMail; f != nil {
