@@ -190,7 +190,7 @@ func TestOAuthWrongSecretIsAnOAuthTokenFailure(t *testing.T) {
 	if strings.Contains(fl.Error(), "wrong-secret-value") {
 		t.Error("the secret is in the error text")
 	}
-	if n := f.ep.Requests("client_credentials"); n != 1 {
+	if n := f.ep.Requests("client_credentials") + f.ep.Requests("basic_auth"); n != 1 {
 		t.Errorf("%d token requests, want 1 (the secret goes in the body, never twice)", n)
 	}
 }

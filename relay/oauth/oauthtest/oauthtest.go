@@ -174,7 +174,8 @@ func (s *Server) Delegate(mailbox string) {
 
 // Requests returns how many token requests of a grant type were made
 // ("client_credentials", "refresh_token", "jwt_bearer", "device_code",
-// "authorization_code").
+// "authorization_code"; "basic_auth" counts requests that sent the client
+// secret in an Authorization header, which this endpoint refuses).
 func (s *Server) Requests(grant string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -317,14 +318,15 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := r.PostForm
-	if _, _, basic := r.BasicAuth(); basic {
-		// Microsoft wants the secret in the body; the relay must send it there.
-		oauthError(w, 401, "invalid_client", "AADSTS7000215: Invalid client secret provided (sent in an Authorization header)", []int{7000215})
-		return
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	grant := f.Get("grant_type")
+	if _, _, basic := r.BasicAuth(); basic {
+		// Microsoft wants the secret in the body; the relay must send it there.
+		s.requests["basic_auth"]++
+		oauthError(w, 401, "invalid_client", "AADSTS7000215: Invalid client secret provided (sent in an Authorization header)", []int{7000215})
+		return
+	}
 	switch grant {
 	case "client_credentials":
 		s.requests["client_credentials"]++
