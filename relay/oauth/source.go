@@ -154,14 +154,18 @@ func (s *Source) run(c *call) {
 		s.status.Expiry, s.status.LastRefresh = tok.Expiry, start
 		s.status.LastError, s.status.LastErrorAt = "", time.Time{}
 	}
-	c.tok, c.err = tok, err
-	s.inflight = nil
 	st := s.status
 	s.mu.Unlock()
-	close(c.done)
+	// Recorded before the callers go on, so the status file is written
+	// by the time a delivery attempt ends.
 	if s.observe != nil {
 		s.observe(result, st)
 	}
+	s.mu.Lock()
+	c.tok, c.err = tok, err
+	s.inflight = nil
+	s.mu.Unlock()
+	close(c.done)
 }
 
 // Invalidate drops the cached token if it is value: the upstream refused

@@ -148,7 +148,7 @@ func (c *Conn) authOAuth(ctx context.Context, tokens *oauth.Registry) error {
 // it came, with no guess.
 func oauthRefusal(dest *policy.Destination, mech policy.Mechanism, se *smtp.SMTPError, challenge *oauthError, tok oauth.Token) *policy.Failure {
 	o := dest.OAuth
-	detail := fmt.Sprintf("the server refused the %s login of %q with a token from the %s flow: %d %s",
+	detail := fmt.Sprintf("%s login of %s (%s token) refused: %d %s",
 		strings.ToUpper(string(mech)), o.Mailbox, o.Flow, se.Code, replyText(se))
 	if challenge != nil {
 		detail += " (its error challenge: " + challenge.String() + ")"
@@ -158,10 +158,8 @@ func oauthRefusal(dest *policy.Destination, mech policy.Mechanism, se *smtp.SMTP
 	if fix, ok := microsoftAuthFix(se, o.Mailbox); ok {
 		f.Fix = fix
 	} else if enh(se) == "5.7.3" && tok.Fresh && o.Flow == policy.ClientCredentials {
-		f.Fix = "Exchange Online refused a newly issued app-only token; the app-only setup is usually incomplete: " +
-			"give the app registration the Office 365 Exchange Online application permission SMTP.SendAsApp with admin consent, " +
-			"register its service principal in Exchange Online (New-ServicePrincipal -AppId <client_id> -ObjectId <enterprise app object id>), " +
-			"and give it access to the mailbox (Add-MailboxPermission -Identity " + o.Mailbox + " -User <service principal id> -AccessRights FullAccess)"
+		f.Fix = "a new app-only token was refused, so the app-only setup is incomplete: grant the app SMTP.SendAsApp (Office 365 Exchange Online, application, admin consent); " +
+			"New-ServicePrincipal -AppId <client_id> -ObjectId <enterprise app object id>; Add-MailboxPermission -Identity " + o.Mailbox + " -User <service principal id> -AccessRights FullAccess"
 	} else if challenge != nil && challenge.Scope != "" && tok.Fresh {
 		f.Fix = fmt.Sprintf("the server refused a newly issued token for %s and names the scope %s: check that the token is issued for that scope and for this mailbox", o.Mailbox, challenge.Scope)
 	}
@@ -174,10 +172,11 @@ func microsoftAuthFix(se *smtp.SMTPError, mailbox string) (string, bool) {
 	if enh(se) != "5.7.139" && !strings.Contains(se.Message, "SmtpClientAuthentication is disabled") {
 		return "", false
 	}
-	return "SMTP AUTH is disabled in Exchange Online: enable it for the mailbox with " +
-		"Set-CASMailbox -Identity " + mailbox + " -SmtpClientAuthenticationDisabled $false " +
-		"(if the reply says the Tenant, enable it organisation-wide with Set-TransportConfig -SmtpClientAuthenticationDisabled $false, " +
-		"or per mailbox as above, which overrides it)", true
+	if strings.Contains(se.Message, "Tenant") {
+		return "SMTP AUTH is disabled for the whole tenant: run Set-TransportConfig -SmtpClientAuthenticationDisabled $false in Exchange Online PowerShell, " +
+			"or enable it for this mailbox only: Set-CASMailbox -Identity " + mailbox + " -SmtpClientAuthenticationDisabled $false", true
+	}
+	return "SMTP AUTH is disabled for the mailbox: run Set-CASMailbox -Identity " + mailbox + " -SmtpClientAuthenticationDisabled $false in Exchange Online PowerShell", true
 }
 
 // refineSenderRefusal names the fix for a refusal of the envelope sender
@@ -195,9 +194,8 @@ func refineSenderRefusal(dest *policy.Destination, f *policy.Failure, se *smtp.S
 		mailbox = dest.OAuth.Mailbox
 	}
 	f.Class = policy.Auth
-	f.Fix = "the upstream lets " + mailbox + " send only as itself or as addresses it has SendAs permission for: " +
-		"have the application send as " + mailbox + ", or grant it SendAs on the sender's mailbox " +
-		"(Exchange Online: Add-RecipientPermission -Identity <sender> -Trustee " + mailbox + " -AccessRights SendAs)"
+	f.Fix = mailbox + " may only send as itself or as addresses it has SendAs rights on: have the application send as " + mailbox +
+		", or grant the right (Exchange Online: Add-RecipientPermission -Identity <sender> -Trustee " + mailbox + " -AccessRights SendAs)"
 }
 
 // enh is a reply's enhanced status code as text, "" when it has none.
