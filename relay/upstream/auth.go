@@ -205,3 +205,22 @@ func enh(se *smtp.SMTPError) string {
 	}
 	return fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 }
+
+// ProbeAuth is `tlsrelay check -auth`: it connects as delivery would,
+// verifies TLS, obtains a token (OAuth) and logs in, then says QUIT. It
+// never sends MAIL. The result is nil when the login succeeded.
+func (d *Dialer) ProbeAuth(ctx context.Context, dest *policy.Destination) *policy.Failure {
+	if !dest.LogsIn() {
+		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
+			Detail: "the destination has no login configured", Fix: "set auth_username or a [destination.oauth] table, or check without -auth"}
+	}
+	conn, err := d.dialTLS(ctx, dest, nil)
+	if err != nil {
+		return policy.FailureOf(dest.Upstream, err)
+	}
+	defer conn.Close()
+	if err := conn.auth(ctx, d.Tokens); err != nil {
+		return policy.FailureOf(dest.Upstream, err)
+	}
+	return nil
+}
