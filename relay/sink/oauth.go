@@ -49,6 +49,7 @@ type oauthServer struct {
 	opts      *OAuthOptions
 	mech      string
 	onSuccess func(user string)
+	onRefusal func()
 	failed    *smtp.SMTPError // set once an error challenge was sent
 }
 
@@ -81,6 +82,7 @@ func (s *oauthServer) Next(resp []byte) ([]byte, bool, error) {
 		refusal = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Username and Password not accepted."}
 	}
 	if s.opts.Valid == nil || !s.opts.Valid(user, token) {
+		s.onRefusal()
 		if s.opts.Immediate {
 			return nil, false, refusal
 		}

@@ -70,6 +70,7 @@ type Sink struct {
 	count    int
 	sessions int
 	live     map[*trackedConn]bool // open connections
+	refused  int                   // OAuth tokens refused
 	arrived  chan struct{}
 }
 
@@ -202,6 +203,20 @@ func (s *Sink) Sessions() int {
 	return s.sessions
 }
 
+func (s *Sink) refusedToken() {
+	s.mu.Lock()
+	s.refused++
+	s.mu.Unlock()
+}
+
+// RefusedTokens returns how many OAuth logins were refused for a token
+// that was not valid (expired, revoked, or for another mailbox).
+func (s *Sink) RefusedTokens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
 // Count returns the number of messages received, kept or discarded.
 func (s *Sink) Count() int {
 	s.mu.Lock()
@@ -268,7 +283,7 @@ func (s *session) loginRequired() bool { return s.sink.opts.Users != nil || s.si
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	switch {
 	case (mech == mechXOAuth2 || mech == mechOAuthBearer) && s.sink.opts.OAuth != nil:
-		return &oauthServer{opts: s.sink.opts.OAuth, mech: mech, onSuccess: func(u string) { s.user = u }}, nil
+		return &oauthServer{opts: s.sink.opts.OAuth, mech: mech, onSuccess: func(u string) { s.user = u }, onRefusal: s.sink.refusedToken}, nil
 	case mech != sasl.Plain || s.sink.opts.Users == nil:
 		return nil, errNoMech
 	}
