@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -46,6 +48,8 @@ type OAuthSpec struct {
 	ClientID           string   `toml:"client_id"`
 	ClientSecretEnv    string   `toml:"client_secret_env"`
 	ClientSecretFile   string   `toml:"client_secret_file"`
+	ClientCertFile     string   `toml:"client_cert_file"`
+	ClientKeyFile      string   `toml:"client_key_file"`
 	TokenURL           string   `toml:"token_url"`
 	DeviceAuthURL      string   `toml:"device_auth_url"`
 	AuthURL            string   `toml:"auth_url"`
@@ -58,12 +62,15 @@ type OAuthSpec struct {
 // OAuth is a destination's compiled OAuth 2.0 configuration: everything a
 // token source needs, checked at load.
 type OAuth struct {
-	Provider      string // "" when no preset is used
-	Flow          Flow
-	Mailbox       string // the identity logged in as (XOAUTH2 user=, JWT sub)
-	Tenant        string
-	ClientID      string
-	ClientSecret  Secret // "" for a public client
+	Provider     string // "" when no preset is used
+	Flow         Flow
+	Mailbox      string // the identity logged in as (XOAUTH2 user=, JWT sub)
+	Tenant       string
+	ClientID     string
+	ClientSecret Secret // "" for a public client
+	// ClientCert, when set, proves the client's identity with a signed
+	// assertion instead of a secret (client_credentials).
+	ClientCert    *ClientCertificate
 	TokenURL      string
 	DeviceAuthURL string
 	AuthURL       string
@@ -139,8 +146,11 @@ func (d *Destination) compileOAuth(s Spec, prov *Provider) error {
 	if c.Flow != JWTBearer && c.ClientID == "" {
 		return fieldErr("oauth.client_id", "required: the application (client) ID of the app registration")
 	}
-	if c.Flow == ClientCredentials && c.ClientSecret == "" {
-		return fieldErr("oauth.client_secret_env", "the client_credentials flow needs a client secret: set client_secret_env or client_secret_file")
+	if err := c.compileClientCert(o); err != nil {
+		return err
+	}
+	if c.Flow == ClientCredentials && c.ClientSecret == "" && c.ClientCert == nil {
+		return fieldErr("oauth.client_secret_env", "the client_credentials flow needs a client secret (client_secret_env or client_secret_file) or a certificate (client_cert_file and client_key_file)")
 	}
 	if c.Flow == RefreshToken {
 		if o.RefreshTokenFile == "" {
@@ -219,6 +229,58 @@ func (c *OAuth) compileSecret(o *OAuthSpec) error {
 		c.ClientSecret = Secret(strings.TrimSpace(string(v)))
 		if c.ClientSecret == "" {
 			return fieldErr("oauth.client_secret_file", "%s is empty", o.ClientSecretFile)
+		}
+	}
+	return nil
+}
+
+// ClientCertificate is the certificate credential of an app registration:
+// the certificate uploaded to it and the matching RSA private key, which
+// signs the client assertion (RFC 7523, 2.2). Printing it shows only the
+// certificate's subject.
+type ClientCertificate struct {
+	Cert *x509.Certificate
+	key  *rsa.PrivateKey
+}
+
+// Key returns the private key, for signing the assertion.
+func (c *ClientCertificate) Key() *rsa.PrivateKey { return c.key }
+
+func (c *ClientCertificate) String() string   { return "certificate " + c.Cert.Subject.String() }
+func (c *ClientCertificate) GoString() string { return c.String() }
+
+func (c *OAuth) compileClientCert(o *OAuthSpec) error {
+	if o.ClientCertFile == "" && o.ClientKeyFile == "" {
+		return nil
+	}
+	switch {
+	case o.ClientCertFile == "" || o.ClientKeyFile == "":
+		return fieldErr("oauth.client_cert_file", "client_cert_file and client_key_file go together; set both or neither")
+	case c.Flow != ClientCredentials:
+		return fieldErr("oauth.client_cert_file", "a certificate credential is for the client_credentials flow")
+	case c.ClientSecret != "":
+		return fieldErr("oauth.client_cert_file", "set a client secret or a certificate, not both")
+	}
+	keyPEM, err := readSecretFile(o.ClientKeyFile)
+	if err != nil {
+		return fieldErr("oauth.client_key_file", "%v", err)
+	}
+	certPEM, err := os.ReadFile(o.ClientCertFile)
+	if err != nil {
+		return fieldErr("oauth.client_cert_file", "%v", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fieldErr("oauth.client_cert_file", "cannot load the certificate and key: %v", err)
+	}
+	key, ok := pair.PrivateKey.(*rsa.PrivateKey)
+	if !ok || key.N.BitLen() < 2048 {
+		return fieldErr("oauth.client_key_file", "the key must be RSA of at least 2048 bits (Entra ID signs and checks client assertions with RS256)")
+	}
+	c.ClientCert = &ClientCertificate{Cert: pair.Leaf, key: key}
+	if c.ClientCert.Cert == nil {
+		if c.ClientCert.Cert, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return fieldErr("oauth.client_cert_file", "%v", err)
 		}
 	}
 	return nil

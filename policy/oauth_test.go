@@ -75,6 +75,14 @@ func TestOAuthConfigErrors(t *testing.T) {
 		{"refresh file in no dir", func(s *Spec) { s.OAuth.Flow = "refresh_token"; s.OAuth.RefreshTokenFile = "/nonexistent/dir/rt" }, "oauth.refresh_token_file", "does not exist"},
 		{"refresh file readable by others", func(s *Spec) { s.OAuth.Flow = "refresh_token"; s.OAuth.RefreshTokenFile = loose }, "oauth.refresh_token_file", "chmod 600"},
 		{"refresh file with another flow", func(s *Spec) { s.OAuth.RefreshTokenFile = loose }, "oauth.refresh_token_file", "only the refresh_token flow"},
+		{"certificate without key", func(s *Spec) { s.OAuth.ClientCertFile = loose }, "oauth.client_cert_file", "go together"},
+		{"certificate and secret", func(s *Spec) { s.OAuth.ClientCertFile = loose; s.OAuth.ClientKeyFile = loose }, "oauth.client_cert_file", "not both"},
+		{"certificate for a refresh token", func(s *Spec) {
+			s.OAuth.ClientSecretEnv = ""
+			s.OAuth.Flow = "refresh_token"
+			s.OAuth.RefreshTokenFile = filepath.Join(dir, "rt")
+			s.OAuth.ClientCertFile, s.OAuth.ClientKeyFile = loose, loose
+		}, "oauth.client_cert_file", "client_credentials flow"},
 		{"bad ca file", func(s *Spec) { s.OAuth.CAFile = loose }, "oauth.ca_file", "no PEM"},
 		{"xoauth2 without oauth", func(s *Spec) { s.OAuth = nil; s.AuthMechanism = "xoauth2" }, "auth_mechanism", "needs OAuth"},
 		{"plain with oauth", func(s *Spec) { s.AuthMechanism = "plain" }, "auth_mechanism", "needs a password"},

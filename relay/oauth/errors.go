@@ -126,6 +126,10 @@ func (e *Error) Fix() string {
 		return "the client secret is wrong: create a new client secret for the app registration in Entra ID (Certificates & secrets) and configure its Value, not its Secret ID"
 	case e.HasAADSTS(7000222):
 		return "the client secret has expired: create a new client secret for the app registration in Entra ID (Certificates & secrets) and configure it"
+	case e.HasAADSTS(700027), e.HasAADSTS(700023):
+		return "the client assertion was not accepted: upload the certificate of client_cert_file (its public part, .cer/.pem) to the app registration in Entra ID (Certificates & secrets), or configure the key of a certificate already uploaded"
+	case e.HasAADSTS(700024):
+		return "the client assertion is outside its valid time: check this machine's clock (NTP)"
 	case e.HasAADSTS(700016):
 		return "no application with this client_id exists in the tenant: check client_id and tenant (the app must be registered in, or consented to by, that tenant)"
 	case e.HasAADSTS(90002), e.HasAADSTS(900023):

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -81,6 +82,14 @@ func (f *fetcher) fetch(ctx context.Context) (*oauth2.Token, error) {
 	case policy.ClientCredentials:
 		cc := clientcredentials.Config{ClientID: f.cfg.ClientID, ClientSecret: f.cfg.ClientSecret.Reveal(),
 			TokenURL: f.cfg.TokenURL, Scopes: f.cfg.Scopes, AuthStyle: oauth2.AuthStyleInParams}
+		if cert := f.cfg.ClientCert; cert != nil {
+			assertion, aerr := clientAssertion(cert, f.cfg.ClientID, f.cfg.TokenURL, time.Now())
+			if aerr != nil {
+				return nil, &Error{Destination: f.dest, Provider: f.cfg.Provider, Flow: f.cfg.Flow, TokenURL: f.cfg.TokenURL,
+					Description: "cannot sign the client assertion: " + aerr.Error(), Err: aerr}
+			}
+			cc.EndpointParams = url.Values{"client_assertion_type": {clientAssertionType}, "client_assertion": {assertion}}
+		}
 		tok, err = cc.Token(ctx)
 	case policy.JWTBearer:
 		sa := f.cfg.ServiceAccount

@@ -133,6 +133,9 @@ func fingerprint(c *policy.OAuth) string {
 	h := sha256.New()
 	parts := []string{c.Provider, string(c.Flow), c.Mailbox, c.Tenant, c.ClientID, c.ClientSecret.Reveal(),
 		c.TokenURL, strings.Join(c.Scopes, " "), c.RefreshTokenFile, c.CAFile}
+	if c.ClientCert != nil {
+		parts = append(parts, string(c.ClientCert.Cert.Raw), c.ClientCert.Key().D.String())
+	}
 	if c.ServiceAccount != nil {
 		parts = append(parts, c.ServiceAccount.File, c.ServiceAccount.PrivateKey.Reveal())
 	}

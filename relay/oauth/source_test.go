@@ -2,6 +2,8 @@ package oauth
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"tlsrelay/policy"
+	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/oauth/oauthtest"
 )
 
@@ -184,5 +187,49 @@ func TestTokenEndpointIsVerified(t *testing.T) {
 	e, ok := err.(*Error)
 	if !ok || !e.Unreachable || !strings.Contains(e.Fix(), "ca_file") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestClientCredentialsWithACertificate(t *testing.T) {
+	ep := startEndpoint(t)
+	ca, err := certgen.NewCA("App Cert CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := func(name string) (string, string, *x509.Certificate) {
+		iss, err := ca.Issue(certgen.Options{CommonName: name, RSABits: 2048})
+		if err != nil {
+			t.Fatal(err)
+		}
+		certFile, keyFile := filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+		certgen.WriteCertFile(certFile, iss.Cert)
+		k, _ := certgen.KeyPEM(iss.Key)
+		os.WriteFile(keyFile, k, 0o600)
+		return certFile, keyFile, iss.Cert
+	}
+	certFile, keyFile, cert := files("registered")
+	otherCert, otherKey, _ := files("other")
+	ep.AddCertClient("cert-app", cert, "app@example.test")
+	spec := func(c, k string) *policy.OAuth {
+		return compile(t, &policy.OAuthSpec{Flow: "client_credentials", Mailbox: "app@example.test", ClientID: "cert-app",
+			ClientCertFile: c, ClientKeyFile: k, TokenURL: ep.TokenURL(), Scopes: []string{"https://outlook.office365.com/.default"}, CAFile: ep.CAFile})
+	}
+	cfg := spec(certFile, keyFile)
+	if s := fmt.Sprintf("%v %+v", cfg.ClientCert, cfg); strings.Contains(s, cfg.ClientCert.Key().D.String()) {
+		t.Error("printing the configuration shows the private key")
+	}
+	src := NewSource("example.test", cfg)
+	for i := 0; i < 2; i++ { // a new assertion (jti) each time
+		tok, err := src.Token(context.Background())
+		if err != nil || !ep.Valid("app@example.test", tok.Value.Reveal()) {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		src.Invalidate(tok.Value)
+	}
+	_, err = NewSource("example.test", spec(otherCert, otherKey)).Token(context.Background())
+	e, ok := err.(*Error)
+	if !ok || !e.HasAADSTS(700027) || !strings.Contains(e.Fix(), "upload the certificate") {
+		t.Fatalf("an unregistered certificate: %v", err)
 	}
 }

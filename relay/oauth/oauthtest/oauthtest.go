@@ -8,6 +8,7 @@
 package oauthtest
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -57,10 +58,14 @@ type Server struct {
 	requests  map[string]int // by grant type
 	// Rotate, when set, gives a new refresh token at every refresh.
 	rotate bool
+	jtis   map[string]bool // client assertions seen
 }
 
 type app struct {
 	secret string // "" for a public client
+	// cert, if set, is the certificate credential: the client proves
+	// itself with an assertion signed by its key.
+	cert *x509.Certificate
 	// mailboxes its app-only tokens may log in to (Add-MailboxPermission).
 	mailboxes []string
 }
@@ -113,7 +118,7 @@ func Start(dir string) (*Server, error) {
 	s := &Server{CAFile: caFile, ln: ln, URL: "https://" + ln.Addr().String(), lifetime: time.Hour, rotate: true,
 		clients: map[string]*app{}, accounts: map[string]*account{}, tokens: map[string]*issued{},
 		refresh: map[string]refreshGrant{}, devices: map[string]*device{}, codes: map[string]*authCode{},
-		delegated: map[string]bool{}, requests: map[string]int{}}
+		delegated: map[string]bool{}, requests: map[string]int{}, jtis: map[string]bool{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", s.token)
 	mux.HandleFunc("/devicecode", s.deviceCode)
@@ -138,6 +143,15 @@ func (s *Server) AddClient(id, secret string, mailboxes ...string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clients[id] = &app{secret: secret, mailboxes: mailboxes}
+}
+
+// AddCertClient registers an application whose credential is a
+// certificate (Entra's certificate credential): token requests must carry
+// a client assertion signed by its key.
+func (s *Server) AddCertClient(id string, cert *x509.Certificate, mailboxes ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clients[id] = &app{cert: cert, mailboxes: mailboxes}
 }
 
 // SetLifetime sets the lifetime of the access tokens issued from now on.
@@ -408,6 +422,11 @@ func (s *Server) clientOK(w http.ResponseWriter, f url.Values) bool {
 	case !ok:
 		oauthError(w, 400, "unauthorized_client", "AADSTS700016: Application with identifier '"+id+"' was not found in the directory 'test'.", []int{700016})
 		return false
+	case a.cert != nil:
+		if desc, code := s.checkAssertion(a.cert, id, f); desc != "" {
+			oauthError(w, 401, "invalid_client", desc, []int{code})
+			return false
+		}
 	case a.secret != "" && f.Get("client_secret") != a.secret:
 		oauthError(w, 401, "invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '"+id+"'.", []int{7000215})
 		return false
@@ -489,3 +508,48 @@ func randHex(n int) string {
 
 // String describes the server for test logs.
 func (s *Server) String() string { return fmt.Sprintf("oauthtest at %s", s.URL) }
+
+// checkAssertion verifies a client assertion as Entra does: the
+// certificate named by x5t#S256, the RS256 signature, aud, iss, sub, the
+// validity window and a jti used once. It returns Entra's description and
+// code of the first problem, or "".
+func (s *Server) checkAssertion(cert *x509.Certificate, client string, f url.Values) (string, int) {
+	if f.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || f.Get("client_secret") != "" {
+		return "AADSTS7000218: The request body must contain the following parameter: 'client_assertion' or 'client_secret'.", 7000218
+	}
+	parts := strings.Split(f.Get("client_assertion"), ".")
+	if len(parts) != 3 {
+		return "AADSTS50027: JWT token is invalid or malformed.", 50027
+	}
+	var hdr map[string]string
+	var cl struct {
+		Aud, Iss, Sub, Jti string
+		Exp, Nbf           int64
+	}
+	hb, err1 := base64.RawURLEncoding.DecodeString(parts[0])
+	cb, err2 := base64.RawURLEncoding.DecodeString(parts[1])
+	sig, err3 := base64.RawURLEncoding.DecodeString(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil || json.Unmarshal(hb, &hdr) != nil || json.Unmarshal(cb, &cl) != nil {
+		return "AADSTS50027: JWT token is invalid or malformed.", 50027
+	}
+	thumb := sha256.Sum256(cert.Raw)
+	if hdr["alg"] != "RS256" || hdr["x5t#S256"] != base64.RawURLEncoding.EncodeToString(thumb[:]) {
+		return "AADSTS700027: The certificate with identifier used to sign the client assertion is not registered on application.", 700027
+	}
+	pub, ok := cert.PublicKey.(*rsa.PublicKey)
+	sum := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	if !ok || rsa.VerifyPKCS1v15(pub, crypto.SHA256, sum[:], sig) != nil {
+		return "AADSTS700027: Client assertion failed signature validation.", 700027
+	}
+	now := time.Now().Unix()
+	switch {
+	case cl.Aud != s.TokenURL() || cl.Iss != client || cl.Sub != client:
+		return "AADSTS700021: Client assertion application identifier doesn't match 'client_id' parameter, or its audience is wrong.", 700021
+	case cl.Exp <= now || cl.Nbf > now+60 || cl.Exp > now+3600:
+		return "AADSTS700024: Client assertion is not within its valid time range.", 700024
+	case cl.Jti == "" || s.jtis[cl.Jti]:
+		return "AADSTS700025: Client is public so neither 'client_assertion' nor 'client_secret' should be presented (the assertion was replayed).", 700025
+	}
+	s.jtis[cl.Jti] = true
+	return "", 0
+}
