@@ -233,3 +233,51 @@ func TestClientCredentialsWithACertificate(t *testing.T) {
 		t.Fatalf("an unregistered certificate: %v", err)
 	}
 }
+
+// TestRegistryKeepsSourcesAcrossReloads: a reload that leaves a
+// destination's OAuth settings alone keeps its cached token; a new secret
+// gets a new source; the status file never holds a token.
+func TestRegistryKeepsSourcesAcrossReloads(t *testing.T) {
+	ep := startEndpoint(t)
+	ep.AddClient("app-1", "s3cret", "app@example.test")
+	statusFile := filepath.Join(t.TempDir(), "oauth-status.json")
+	reg := NewRegistry(statusFile)
+	var results []string
+	reg.Observe = func(dest, result string) { results = append(results, dest+"="+result) }
+	load := func(secret string) *policy.Destination {
+		t.Setenv("TEST_SECRET", secret)
+		d, err := policy.Compile(policy.Spec{Domains: []string{"example.test"}, Upstream: "127.0.0.1:1", OAuth: &policy.OAuthSpec{
+			Flow: "client_credentials", Mailbox: "app@example.test", ClientID: "app-1", ClientSecretEnv: "TEST_SECRET",
+			TokenURL: ep.TokenURL(), Scopes: []string{"https://outlook.office365.com/.default"}, CAFile: ep.CAFile}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	src := reg.Source(load("s3cret"))
+	tok, err := src.Token(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Source(load("s3cret")) != src {
+		t.Error("an unchanged destination got a new source")
+	}
+	changed := reg.Source(load("wrong"))
+	if changed == src {
+		t.Fatal("a changed secret kept the old source")
+	}
+	changed.Token(context.Background())
+	raw, err := os.ReadFile(statusFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), tok.Value.Reveal()) || strings.Contains(string(raw), "s3cret") || !strings.Contains(string(raw), "AADSTS7000215") {
+		t.Errorf("status file:\n%s", raw)
+	}
+	if fmt.Sprint(results) != "[example.test=success example.test=invalid_client]" {
+		t.Errorf("observed %v", results)
+	}
+	if exp := reg.Expiries()["example.test"]; !exp.IsZero() {
+		t.Errorf("the expiry of the current (failed) source is %v, want none", exp)
+	}
+}
