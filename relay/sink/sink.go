@@ -94,6 +94,11 @@ func Start(o Options) (*Sink, error) {
 	}
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = discardLogger{}
+	if o.OAuth != nil {
+		// Access tokens are long (Entra's are 2-3 KB): allow the AUTH line
+		// RFC 4954 allows (12,288 octets).
+		srv.MaxLineLength = 12288
+	}
 	var tcfg *tls.Config
 	if !o.NoTLS {
 		tcfg = &tls.Config{Certificates: []tls.Certificate{o.Cert}, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion}

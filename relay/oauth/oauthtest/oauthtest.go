@@ -475,7 +475,7 @@ func (s *Server) issue(w http.ResponseWriter, mailbox, scope, rt string) {
 
 // issueFor issues an app-only token when app is set, else a token of mailbox.
 func (s *Server) issueFor(w http.ResponseWriter, app, mailbox, scope, rt string) {
-	tok := "at-" + randHex(24)
+	tok := "at-" + randHex(1200) // as long as Entra's tokens: AUTH lines of over 3 KB
 	s.tokens[tok] = &issued{app: app, mailbox: mailbox, scope: scope, expiry: time.Now().Add(s.lifetime)}
 	body := map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(s.lifetime.Seconds()), "scope": scope}
 	if rt != "" {
