@@ -49,6 +49,13 @@ type Spec struct {
 	AuthPasswordFile string   `toml:"auth_password_file"`
 	ClientCertFile   string   `toml:"client_cert_file"`
 	ClientKeyFile    string   `toml:"client_key_file"`
+	// Provider names a preset (microsoft365, gmail) that fills upstream,
+	// tls and the OAuth endpoints and scopes; every value is overridable.
+	Provider string `toml:"provider"`
+	// AuthMechanism is auto, xoauth2, oauthbearer, plain or login.
+	AuthMechanism string `toml:"auth_mechanism"`
+	// OAuth is the [destination.oauth] table.
+	OAuth *OAuthSpec `toml:"oauth"`
 }
 
 // Destination is a compiled, validated policy for a set of recipient
@@ -69,11 +76,21 @@ type Destination struct {
 	AuthUsername    string
 	AuthPassword    Secret
 	ClientCert      *tls.Certificate
-	spec            Spec
+	// Provider is the preset used, if any; OAuth the token configuration
+	// when the destination logs in with OAuth; AuthMechanism the SASL
+	// mechanism asked for.
+	Provider      *Provider
+	OAuth         *OAuth
+	AuthMechanism Mechanism
+	spec          Spec
 	// sessions lets reconnections resume TLS sessions (verification still
 	// runs on every resumed connection, see ClientConfig).
 	sessions tls.ClientSessionCache
 }
+
+// LogsIn reports whether the destination authenticates to its upstream,
+// with a password or with OAuth.
+func (d *Destination) LogsIn() bool { return d.AuthUsername != "" || d.OAuth != nil }
 
 // Spec returns the configuration the destination was compiled from.
 func (d *Destination) Spec() Spec { return d.spec }
@@ -114,6 +131,19 @@ func Compile(s Spec) (*Destination, error) {
 		d.Domains = append(d.Domains, p)
 	}
 
+	if s.Provider != "" {
+		if prov, ok := Providers[strings.ToLower(s.Provider)]; !ok {
+			fail(fieldErr("provider", "%q is not a known provider; write \"microsoft365\" or \"gmail\", or leave it out and set upstream yourself", s.Provider))
+		} else {
+			d.Provider = prov
+			if s.Upstream == "" {
+				s.Upstream = prov.Upstream
+			}
+			if s.TLS == "" {
+				s.TLS = string(prov.TLS)
+			}
+		}
+	}
 	host, port, err := net.SplitHostPort(s.Upstream)
 	switch {
 	case s.Upstream == "":
@@ -192,7 +222,15 @@ func Compile(s Spec) (*Destination, error) {
 		fail(fieldErr("on_failure", "%q is not a failure policy; write \"queue\" or \"reject\"", s.OnFailure))
 	}
 
-	if err := d.compileAuth(s); err != nil {
+	// auth_mechanism is judged against the credentials it needs: not when
+	// those did not compile (one mistake, reported once).
+	authErr := d.compileAuth(s)
+	if authErr != nil {
+		fail(authErr)
+	}
+	if err := d.compileOAuth(s, d.Provider); err != nil {
+		fail(err)
+	} else if err := d.compileMechanism(s); err != nil && authErr == nil {
 		fail(err)
 	}
 

@@ -20,6 +20,7 @@ import (
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/metrics"
+	"tlsrelay/relay/oauth"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
@@ -50,6 +51,7 @@ type Relay struct {
 	authFailures failureTracker
 	metrics      *metrics.Metrics
 	pool         *upstream.Pool
+	tokens       *oauth.Registry
 	metricsSrv   *http.Server
 	metricsAddr  net.Addr
 	stopping     atomic.Bool
@@ -91,6 +93,9 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
 		cfg.Queue.UpstreamMaxAge.Duration, opts.Clock)
 	r.metrics = metrics.New(r.queue.stats)
+	r.tokens = oauth.NewRegistry(oauth.StatusFileIn(cfg.Queue.Dir))
+	r.tokens.Observe = func(dest, result string) { r.metrics.TokenRequests.WithLabelValues(dest, result).Inc() }
+	r.metrics.TokenExpiry = r.tokens.Expiries
 	r.server = r.newServer(cfg)
 	return r, nil
 }
@@ -236,5 +241,5 @@ func (r *Relay) now() time.Time {
 // dialer returns an upstream dialer for the configuration in force.
 func (r *Relay) dialer() *upstream.Dialer {
 	cfg := r.Config()
-	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock}
+	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock, Tokens: r.tokens}
 }

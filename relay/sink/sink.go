@@ -45,6 +45,8 @@ type Options struct {
 	MinVersion, MaxVersion uint16
 	// Users, if set, enables AUTH PLAIN (after TLS) with these passwords.
 	Users map[string]string
+	// OAuth, if set, enables AUTH XOAUTH2 and OAUTHBEARER (after TLS).
+	OAuth *OAuthOptions
 	// Refuse, if set, decides per recipient: a non-nil error refuses it.
 	Refuse func(rcpt string) *smtp.SMTPError
 	// RefuseMail, if set, decides per sender: a non-nil error refuses the
@@ -77,6 +79,7 @@ type Sink struct {
 	count    int
 	sessions int
 	live     map[*trackedConn]bool // open connections
+	refused  int                   // OAuth tokens refused
 	arrived  chan struct{}
 	// stream is go-smtp's debug stream, with RecordCommands.
 	stream bytes.Buffer
@@ -105,6 +108,11 @@ func Start(o Options) (*Sink, error) {
 	srv.EnableSMTPUTF8 = o.SMTPUTF8
 	if o.RecordCommands {
 		srv.Debug = streamWriter{s}
+	}
+	if o.OAuth != nil {
+		// Access tokens are long (Entra's are 2-3 KB): allow the AUTH line
+		// RFC 4954 allows (12,288 octets).
+		srv.MaxLineLength = 12288
 	}
 	var tcfg *tls.Config
 	if !o.NoTLS {
@@ -239,6 +247,20 @@ func (s *Sink) Sessions() int {
 	return s.sessions
 }
 
+func (s *Sink) refusedToken() {
+	s.mu.Lock()
+	s.refused++
+	s.mu.Unlock()
+}
+
+// RefusedTokens returns how many OAuth logins were refused for a token
+// that was not valid (expired, revoked, or for another mailbox).
+func (s *Sink) RefusedTokens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
+}
+
 // Count returns the number of messages received, kept or discarded.
 func (s *Sink) Count() int {
 	s.mu.Lock()
@@ -290,13 +312,26 @@ type session struct {
 var _ smtp.AuthSession = (*session)(nil)
 
 func (s *session) AuthMechanisms() []string {
-	if s.sink.opts.Users == nil {
-		return nil
+	var mechs []string
+	if s.sink.opts.Users != nil {
+		mechs = append(mechs, sasl.Plain)
 	}
-	return []string{sasl.Plain}
+	if s.sink.opts.OAuth != nil {
+		mechs = append(mechs, mechXOAuth2, mechOAuthBearer)
+	}
+	return mechs
 }
 
+// loginRequired reports whether MAIL needs a login first.
+func (s *session) loginRequired() bool { return s.sink.opts.Users != nil || s.sink.opts.OAuth != nil }
+
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	switch {
+	case (mech == mechXOAuth2 || mech == mechOAuthBearer) && s.sink.opts.OAuth != nil:
+		return &oauthServer{opts: s.sink.opts.OAuth, mech: mech, onSuccess: func(u string) { s.user = u }, onRefusal: s.sink.refusedToken}, nil
+	case mech != sasl.Plain || s.sink.opts.Users == nil:
+		return nil, errNoMech
+	}
 	return sasl.NewPlainServer(func(identity, user, pass string) error {
 		if want, ok := s.sink.opts.Users[user]; ok && want == pass {
 			s.user = user
@@ -307,7 +342,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	if s.sink.opts.Users != nil && s.user == "" {
+	if s.loginRequired() && s.user == "" {
 		return smtp.ErrAuthRequired
 	}
 	if f := s.sink.opts.RefuseMail; f != nil {

@@ -14,10 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"tlsrelay/policy"
+	"tlsrelay/relay/oauth"
 )
 
 // Dialer opens verified connections to upstreams.
@@ -28,6 +26,8 @@ type Dialer struct {
 	Timeout time.Duration
 	// Clock is the time certificates are verified at; nil means now.
 	Clock policy.Clock
+	// Tokens provides the access tokens of OAuth destinations.
+	Tokens *oauth.Registry
 }
 
 // Conn is an SMTP connection to an upstream whose TLS has been verified.
@@ -67,8 +67,8 @@ func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, err
 	if err != nil {
 		return nil, err
 	}
-	if dest.AuthUsername != "" {
-		if err := conn.auth(); err != nil {
+	if dest.LogsIn() {
+		if err := conn.auth(ctx, d.Tokens); err != nil {
 			conn.Close()
 			return nil, err
 		}
@@ -317,35 +317,6 @@ func (d *Dialer) diagnoseHandshake(ctx context.Context, dest *policy.Destination
 		return dest.VersionFailure(v, hsErr)
 	}
 	return dest.HandshakeFailure(hsErr)
-}
-
-func (c *Conn) auth() error {
-	dest := c.Dest
-	var mech sasl.Client
-	switch {
-	case c.offersAuth("PLAIN"):
-		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword.Reveal())
-	case c.offersAuth("LOGIN"):
-		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword.Reveal())
-	default:
-		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
-			Detail: "the server offers neither AUTH PLAIN nor AUTH LOGIN after TLS",
-			Fix:    "remove auth_username if the server needs no login, or enable PLAIN/LOGIN on it"}
-	}
-	c.raw.SetDeadline(time.Now().Add(commandTimeout))
-	defer c.raw.SetDeadline(time.Time{})
-	if err := c.authenticate(mech); err != nil {
-		f := smtpFailure(dest, "AUTH", err)
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code/100 == 5 {
-			f.Class = policy.Auth
-			f.Permanent = false // a password can be fixed while mail waits
-			f.Detail = fmt.Sprintf("the server refused the login of %q: %d %s", dest.AuthUsername, se.Code, se.Message)
-			f.Fix = "check auth_username and the password (auth_password_env or auth_password_file)"
-		}
-		return f
-	}
-	return nil
 }
 
 // Close ends the connection politely if it can (QUIT, TLS close_notify),

@@ -215,6 +215,7 @@ func smtpFailure(dest *policy.Destination, stage string, err error) *policy.Fail
 		if se.Code/100 == 5 {
 			f.Class, f.Permanent = policy.UpstreamPermanent, true
 			f.Fix = "the upstream refused this; its reply says why"
+			refineSenderRefusal(dest, f, se)
 		} else {
 			f.Class = policy.UpstreamTemporary
 			f.Fix = "the upstream asked to try later; the relay will"
