@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
 	"reflect"
@@ -92,8 +93,57 @@ func (d *decoder) table(m map[string]toml.Primitive, v reflect.Value, table stri
 			d.unknown(table+"."+k, line)
 			continue
 		}
+		if st, ok := structOf(f); ok {
+			// A sub-table such as [destination.oauth]: its keys are
+			// checked one by one too, so a misspelt one is reported.
+			var sub map[string]toml.Primitive
+			if d.shape(m[k], &sub, key+"."+k, "is not a table; write ["+table+"."+k+"] on a line of its own, then its keys") {
+				d.subTable(sub, st(), table, index, k, key+"."+k)
+			}
+			continue
+		}
 		d.value(m[k], f, key+"."+k, line)
 	}
+}
+
+// subTable decodes the keys of the sub-table [table.name] of the index-th
+// [[table]] (of [table] when index < 0) into v.
+func (d *decoder) subTable(m map[string]toml.Primitive, v reflect.Value, table string, index int, name, key string) {
+	for _, k := range sortedKeys(m) {
+		line := lineOfSub(d.src, table, index, name, k)
+		f, ok := fieldByTag(v, k)
+		if !ok {
+			d.unknown(table+"."+name+"."+k, line)
+			continue
+		}
+		d.value(m[k], f, key+"."+k, line)
+	}
+}
+
+// structOf reports whether f is a sub-table: a struct or a pointer to one
+// that is not a value decoded from text (a Duration). It returns a
+// function giving the struct to decode into (allocating the pointer's).
+func structOf(f reflect.Value) (func() reflect.Value, bool) {
+	if _, ok := f.Addr().Interface().(encoding.TextUnmarshaler); ok {
+		return nil, false
+	}
+	if f.Kind() == reflect.Pointer {
+		if _, ok := reflect.New(f.Type().Elem()).Interface().(encoding.TextUnmarshaler); ok {
+			return nil, false
+		}
+	}
+	switch {
+	case f.Kind() == reflect.Struct:
+		return func() reflect.Value { return f }, true
+	case f.Kind() == reflect.Pointer && f.Type().Elem().Kind() == reflect.Struct:
+		return func() reflect.Value {
+			if f.IsNil() {
+				f.Set(reflect.New(f.Type().Elem()))
+			}
+			return f.Elem()
+		}, true
+	}
+	return nil, false
 }
 
 // value decodes one key into the field f.
