@@ -61,9 +61,12 @@ type Spec struct {
 // Destination is a compiled, validated policy for a set of recipient
 // domains: where their mail goes and what the TLS to it must prove.
 type Destination struct {
-	Domains         []string
-	Upstream        string // host:port
-	Host            string // the upstream's host part
+	Domains  []string
+	Upstream string // host:port
+	Host     string // the upstream's host part
+	// Addr, when set, is the address connected to instead of Upstream (an
+	// MX host's IP address, see ForMX).
+	Addr            string
 	Mode            Mode
 	MinTLS          uint16
 	CAFile          string              // "" when Roots are the system's
@@ -83,6 +86,8 @@ type Destination struct {
 	OAuth         *OAuth
 	AuthMechanism Mechanism
 	spec          Spec
+	// mx is set on the policy of one connection to a mail exchanger.
+	mx *MXHost
 	// sessions lets reconnections resume TLS sessions (verification still
 	// runs on every resumed connection, see ClientConfig).
 	sessions tls.ClientSessionCache

@@ -23,6 +23,13 @@ const (
 	StartTLSMissing   Class = "starttls_missing"
 	InsecureAlgorithm Class = "insecure_algorithm"
 	Handshake         Class = "handshake"
+	// DANEMismatch: the server's chain matches none of the host's usable
+	// TLSA records (DANE-EE), or does not verify to the one it matches
+	// (DANE-TA).
+	DANEMismatch Class = "dane_mismatch"
+	// DANEUnusable: the host has DNSSEC-validated TLSA records, but none
+	// that SMTP can use (usage 0 or 1, unknown parameters, bad digest).
+	DANEUnusable Class = "dane_unusable"
 )
 
 // Classes of failures that are not about TLS. They are kept apart so a
@@ -37,9 +44,75 @@ const (
 	NoRoute           Class = "no_route"           // no destination claims the domain (any more)
 )
 
+// Classes of MX delivery (upstream = "mx") that come before or beside TLS.
+const (
+	// DNS: a lookup failed (SERVFAIL, timeout), or a DNSSEC-validated TLSA
+	// lookup failed so DANE could not be decided.
+	DNS Class = "dns"
+	// NoSuchDomain: the recipient domain does not exist (NXDOMAIN).
+	NoSuchDomain Class = "no_such_domain"
+	// NullMX: the recipient domain accepts no mail (RFC 7505).
+	NullMX Class = "null_mx"
+	// MXSecurity: the domain does not publish what mx_security requires
+	// (DANE or an MTA-STS policy), or no MX host matches its MTA-STS
+	// policy in enforce mode.
+	MXSecurity Class = "mx_security"
+	// STSPolicy: the domain's MTA-STS policy could not be fetched or
+	// parsed, and there is no cached one.
+	STSPolicy Class = "sts_policy"
+	// RequireTLS: the message was sent with REQUIRETLS (RFC 8689), and no
+	// next hop both offers REQUIRETLS and was found securely (DNSSEC or
+	// MTA-STS).
+	RequireTLS Class = "requiretls"
+)
+
+// ResultType is a TLS-RPT result type (RFC 8460 §4.3).
+type ResultType string
+
+// The TLS-RPT result types.
+const (
+	ResultSTARTTLSNotSupported ResultType = "starttls-not-supported"
+	ResultCertHostMismatch     ResultType = "certificate-host-mismatch"
+	ResultCertExpired          ResultType = "certificate-expired"
+	ResultCertNotTrusted       ResultType = "certificate-not-trusted"
+	ResultValidationFailure    ResultType = "validation-failure"
+	ResultTLSAInvalid          ResultType = "tlsa-invalid"
+	ResultDNSSECInvalid        ResultType = "dnssec-invalid"
+	ResultDANERequired         ResultType = "dane-required"
+	ResultSTSFetchError        ResultType = "sts-policy-fetch-error"
+	ResultSTSPolicyInvalid     ResultType = "sts-policy-invalid"
+	ResultSTSWebPKIInvalid     ResultType = "sts-webpki-invalid"
+)
+
+// RPT returns the failure's TLS-RPT result type: Result when set, else
+// the one its class implies; "" for a failure TLS-RPT does not count
+// (a refused connection, an upstream's reply).
+func (f *Failure) RPT() ResultType {
+	if f.Result != "" {
+		return f.Result
+	}
+	switch f.Class {
+	case StartTLSMissing:
+		return ResultSTARTTLSNotSupported
+	case HostnameMismatch:
+		return ResultCertHostMismatch
+	case Expired, NotYetValid:
+		return ResultCertExpired
+	case UnknownAuthority, IncompleteChain:
+		return ResultCertNotTrusted
+	case DANEUnusable:
+		return ResultTLSAInvalid
+	}
+	if f.Class.IsTLS() {
+		return ResultValidationFailure
+	}
+	return ""
+}
+
 // TLSClasses lists every TLS failure class, in the order of the README table.
 var TLSClasses = []Class{Expired, NotYetValid, UnknownAuthority, IncompleteChain,
-	HostnameMismatch, PinMismatch, TLSVersion, StartTLSMissing, InsecureAlgorithm, Handshake}
+	HostnameMismatch, PinMismatch, TLSVersion, StartTLSMissing, InsecureAlgorithm, Handshake,
+	DANEMismatch, DANEUnusable}
 
 // IsTLS reports whether c is one of the TLS failure classes.
 func (c Class) IsTLS() bool {
@@ -63,7 +136,10 @@ type Failure struct {
 	// change on one side (an upstream 5xx). TLS failures are not permanent:
 	// an operator may fix the server or the policy while mail waits.
 	Permanent bool
-	Err       error
+	// Result is the TLS-RPT result type when it is not the one the class
+	// implies (see RPT).
+	Result ResultType
+	Err    error
 }
 
 func (f *Failure) Error() string {

@@ -28,7 +28,10 @@ const minRSABits = 2048
 // reliably. VerifyConnection below therefore performs the complete
 // verification itself (chain to the policy's roots at clock(), names,
 // pins, version, algorithms) and fails the handshake on any doubt.
-// It also runs on resumed sessions, so resumption never skips it.
+// For a connection to a mail exchanger with TLSA records (ForMX) the same
+// callback authenticates the server by DANE instead of the roots and
+// names (daneChains). It also runs on resumed sessions, so resumption
+// never skips it.
 func (d *Destination) ClientConfig(clock Clock) *tls.Config {
 	if clock == nil {
 		clock = time.Now
@@ -91,6 +94,18 @@ func (v *verifier) verifiedChains(cs tls.ConnectionState) ([][]*x509.Certificate
 	sent := cs.PeerCertificates
 	if len(sent) == 0 {
 		return nil, v.fail(Handshake, "the server sent no certificate", "configure a certificate on the server", nil)
+	}
+	if mx := d.mx; mx != nil && mx.DANE {
+		// DANE replaces the WebPKI roots and names (RFC 7672); pins, if
+		// the destination has any, must still match.
+		chains, f := v.daneChains(sent, v.clock())
+		if f != nil {
+			return nil, f
+		}
+		if f := v.checkPins(&verifiedChains{strong: chains}, sent[0]); f != nil {
+			return nil, f
+		}
+		return chains, nil
 	}
 	vc, f := v.chains(sent, v.clock())
 	if f != nil {

@@ -137,7 +137,7 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 		defer cancel()
 	}
 	var nd net.Dialer
-	raw, err := nd.DialContext(ctx, "tcp", dest.Upstream)
+	raw, err := nd.DialContext(ctx, "tcp", dest.DialAddr())
 	if err != nil {
 		return nil, &policy.Failure{Class: policy.Connect, Host: dest.Upstream, Err: err,
 			Detail: fmt.Sprintf("cannot connect: %v", err),
