@@ -1,0 +1,252 @@
+// Package tlsrpt keeps SMTP TLS Reporting (RFC 8460) aggregate reports:
+// every session of MX delivery is counted, as a success or a failure with
+// its result type, in one report per policy domain and UTC day, written
+// to disk (atomically) as RFC 8460 JSON. Sending the reports to the
+// domain's rua is not done.
+package tlsrpt
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/atomicfile"
+)
+
+// PolicyType is the kind of policy a session was judged under.
+type PolicyType string
+
+// The policy types of RFC 8460 §4.4.
+const (
+	TLSA          PolicyType = "tlsa"
+	STS           PolicyType = "sts"
+	NoPolicyFound PolicyType = "no-policy-found"
+)
+
+// Report is one aggregate report, as RFC 8460 §4.4 defines its JSON.
+type Report struct {
+	OrganizationName string      `json:"organization-name"`
+	DateRange        DateRange   `json:"date-range"`
+	ContactInfo      string      `json:"contact-info"`
+	ReportID         string      `json:"report-id"`
+	Policies         []PolicyRep `json:"policies"`
+}
+
+// DateRange is the day a report covers.
+type DateRange struct {
+	Start time.Time `json:"start-datetime"`
+	End   time.Time `json:"end-datetime"`
+}
+
+// PolicyRep is the part of a report for one policy.
+type PolicyRep struct {
+	Policy         PolicyDesc      `json:"policy"`
+	Summary        Summary         `json:"summary"`
+	FailureDetails []FailureDetail `json:"failure-details,omitempty"`
+}
+
+// PolicyDesc names a policy.
+type PolicyDesc struct {
+	Type   PolicyType `json:"policy-type"`
+	String []string   `json:"policy-string,omitempty"`
+	Domain string     `json:"policy-domain"`
+	MXHost []string   `json:"mx-host,omitempty"`
+}
+
+// Summary counts sessions.
+type Summary struct {
+	Successful int64 `json:"total-successful-session-count"`
+	Failed     int64 `json:"total-failure-session-count"`
+}
+
+// FailureDetail counts the failed sessions of one kind.
+type FailureDetail struct {
+	ResultType     policy.ResultType `json:"result-type"`
+	SendingMTAIP   string            `json:"sending-mta-ip,omitempty"`
+	ReceivingMX    string            `json:"receiving-mx-hostname,omitempty"`
+	ReceivingIP    string            `json:"receiving-ip,omitempty"`
+	FailedSessions int64             `json:"failed-session-count"`
+	AdditionalInfo string            `json:"additional-information,omitempty"`
+	ReasonCode     string            `json:"failure-reason-code,omitempty"`
+}
+
+// Session is one counted session (or attempt to have one).
+type Session struct {
+	Time   time.Time
+	Domain string // the policy domain: the recipient domain
+	Policy PolicyDesc
+	// Result is "" for a success, else the failure's result type.
+	Result      policy.ResultType
+	ReceivingMX string
+	ReceivingIP string
+	// Reason is tlsrelay's class, kept as the failure-reason-code.
+	Reason string
+}
+
+// Store keeps the reports in Dir/<YYYY-MM-DD>/<domain>.json.
+type Store struct {
+	Dir string
+	// Org names this relay (organization-name, contact-info, report-id).
+	Org string
+
+	mu      sync.Mutex
+	reports map[string]*Report // by day/domain, loaded lazily
+}
+
+// day is the UTC date of t.
+func day(t time.Time) string { return t.UTC().Format(time.DateOnly) }
+
+func (s *Store) path(d, domain string) (string, error) {
+	if domain == "" || strings.ContainsAny(domain, `/\`) || strings.HasPrefix(domain, ".") {
+		return "", fmt.Errorf("tlsrpt: %q is not a policy domain", domain)
+	}
+	return filepath.Join(s.Dir, d, domain+".json"), nil
+}
+
+// Record counts one session in its day's report for its domain and writes
+// that report durably.
+func (s *Store) Record(ss Session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := day(ss.Time)
+	p, err := s.path(d, ss.Domain)
+	if err != nil {
+		return err
+	}
+	key := d + "/" + ss.Domain
+	r := s.reports[key]
+	if r == nil {
+		if r, err = readReport(p); errors.Is(err, fs.ErrNotExist) {
+			start, _ := time.Parse(time.DateOnly, d)
+			r = &Report{OrganizationName: s.Org, ContactInfo: "postmaster@" + s.Org,
+				ReportID: d + "_" + ss.Domain + "@" + s.Org,
+				DateRange: DateRange{Start: start, End: start.Add(24*time.Hour - time.Second)}}
+		} else if err != nil {
+			return err
+		}
+		if s.reports == nil {
+			s.reports = map[string]*Report{}
+		}
+		// Only the current days are kept in memory.
+		for k := range s.reports {
+			if !strings.HasPrefix(k, d) {
+				delete(s.reports, k)
+			}
+		}
+		s.reports[key] = r
+	}
+	r.add(ss)
+	raw, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.Write(p, append(raw, '\n'))
+}
+
+func (r *Report) add(ss Session) {
+	var pr *PolicyRep
+	for i := range r.Policies {
+		q := &r.Policies[i].Policy
+		if q.Type == ss.Policy.Type && slices.Equal(q.String, ss.Policy.String) && slices.Equal(q.MXHost, ss.Policy.MXHost) {
+			pr = &r.Policies[i]
+			break
+		}
+	}
+	if pr == nil {
+		desc := ss.Policy
+		desc.Domain = ss.Domain
+		r.Policies = append(r.Policies, PolicyRep{Policy: desc})
+		pr = &r.Policies[len(r.Policies)-1]
+	}
+	if ss.Result == "" {
+		pr.Summary.Successful++
+		return
+	}
+	pr.Summary.Failed++
+	for i := range pr.FailureDetails {
+		fd := &pr.FailureDetails[i]
+		if fd.ResultType == ss.Result && fd.ReceivingMX == ss.ReceivingMX && fd.ReceivingIP == ss.ReceivingIP && fd.ReasonCode == ss.Reason {
+			fd.FailedSessions++
+			return
+		}
+	}
+	pr.FailureDetails = append(pr.FailureDetails, FailureDetail{ResultType: ss.Result, ReceivingMX: ss.ReceivingMX,
+		ReceivingIP: ss.ReceivingIP, FailedSessions: 1, ReasonCode: ss.Reason})
+}
+
+func readReport(path string) (*Report, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return &r, nil
+}
+
+// Entry is one report on disk.
+type Entry struct {
+	Day, Domain string
+	Path        string
+	Successful  int64
+	Failed      int64
+}
+
+// List returns the reports in dir, oldest day first, domains in order.
+func List(dir string) ([]Entry, error) {
+	days, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, d := range days {
+		if _, err := time.Parse(time.DateOnly, d.Name()); err != nil || !d.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, d.Name()))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			dom, ok := strings.CutSuffix(f.Name(), ".json")
+			if !ok || strings.HasPrefix(dom, ".") {
+				continue
+			}
+			p := filepath.Join(dir, d.Name(), f.Name())
+			r, err := readReport(p)
+			if err != nil {
+				return nil, err
+			}
+			e := Entry{Day: d.Name(), Domain: dom, Path: p}
+			for _, pr := range r.Policies {
+				e.Successful += pr.Summary.Successful
+				e.Failed += pr.Summary.Failed
+			}
+			out = append(out, e)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Day != out[j].Day {
+			return out[i].Day < out[j].Day
+		}
+		return out[i].Domain < out[j].Domain
+	})
+	return out, nil
+}
