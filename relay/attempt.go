@@ -212,6 +212,16 @@ func failureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
 	switch {
 	case f.Class == policy.StartTLSMissing:
 		code, enh, label = 554, smtp.EnhancedCode{5, 7, 10}, "tls_failure"
+	case f.Class == policy.RequireTLS:
+		code, enh = 554, smtp.EnhancedCode{5, 7, 30}
+	case f.Class == policy.NullMX:
+		code, enh = 556, smtp.EnhancedCode{5, 1, 10}
+	case f.Class == policy.NoSuchDomain:
+		code, enh = 550, smtp.EnhancedCode{5, 1, 2}
+	case f.Class == policy.MXSecurity, f.Class == policy.STSPolicy:
+		code, enh = 554, smtp.EnhancedCode{5, 7, 5}
+	case f.Class == policy.DNS:
+		code, enh = 451, smtp.EnhancedCode{4, 4, 3}
 	case f.Class.IsTLS():
 		code, enh, label = 554, smtp.EnhancedCode{5, 7, 5}, "tls_failure"
 	case f.Class == policy.Auth:

@@ -108,6 +108,16 @@ func statusCode(c policy.Class, expired, final bool) string {
 	switch {
 	case c == policy.StartTLSMissing:
 		return class + ".7.10"
+	case c == policy.RequireTLS:
+		return class + ".7.30"
+	case c == policy.NullMX:
+		return "5.1.10"
+	case c == policy.NoSuchDomain:
+		return "5.1.2"
+	case c == policy.DNS:
+		return class + ".4.3"
+	case c == policy.MXSecurity, c == policy.STSPolicy:
+		return class + ".7.5"
 	case c.IsTLS():
 		return class + ".7.5"
 	case c == policy.Auth:

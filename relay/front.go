@@ -37,6 +37,9 @@ func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
 	// parts, and goes upstream with SMTPUTF8 (upstream.Conn.Send refuses
 	// a non-ASCII address for an upstream that does not offer it).
 	s.EnableSMTPUTF8 = true
+	// REQUIRETLS (RFC 8689) is advertised by go-smtp only inside TLS;
+	// Mail refuses the parameter on a plaintext session.
+	s.EnableREQUIRETLS = true
 	if cfg.TLSCert != nil {
 		s.TLSConfig = &tls.Config{GetCertificate: r.inboundCertificate, MinVersion: tls.VersionTLS12}
 	}
@@ -71,7 +74,9 @@ type session struct {
 	from    string
 	hasFrom bool
 	utf8    bool
-	rcpts   []string
+	// requireTLS: MAIL FROM carried REQUIRETLS (only accepted inside TLS).
+	requireTLS bool
+	rcpts      []string
 	// reject is the destination of this transaction when it is in reject
 	// mode: such a transaction holds recipients of that destination only,
 	// so the one reply to DATA is true for every recipient.
@@ -94,7 +99,7 @@ func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 func (s *session) Reset() {
-	s.from, s.hasFrom, s.utf8, s.rcpts, s.reject = "", false, false, nil, nil
+	s.from, s.hasFrom, s.utf8, s.requireTLS, s.rcpts, s.reject = "", false, false, false, nil, nil
 }
 
 func (s *session) Logout() error { return nil }
@@ -106,6 +111,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			Message: "Authentication required (this relay has auth_required = true)"}
 	}
 	utf8 := opts != nil && opts.UTF8
+	requireTLS := opts != nil && opts.RequireTLS
+	if _, isTLS := s.conn.TLSConnectionState(); requireTLS && !isTLS {
+		s.relay.countReject("requiretls_without_tls")
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
+			Message: "REQUIRETLS needs this session to use TLS: say STARTTLS first (RFC 8689)"}
+	}
 	var addr address.Address // the null sender <> when from is ""
 	if from != "" {
 		var err error
@@ -123,6 +134,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	s.Reset()
 	s.from, s.hasFrom = addr.String(), true
 	s.utf8 = utf8
+	s.requireTLS = requireTLS
 	return nil
 }
 
@@ -186,6 +198,7 @@ func (s *session) Data(r io.Reader) error {
 		Client:     s.client,
 		Helo:       s.helo,
 		UTF8:       s.utf8,
+		RequireTLS: s.requireTLS,
 	}
 	p, err := s.relay.store.Create(env)
 	if err != nil {
@@ -273,7 +286,7 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 		return errSpool
 	}
 	env := p.Envelope()
-	body := upstream.Body{Size: p.WireSize(), UTF8: env.UTF8, Open: func() io.Reader {
+	body := upstream.Body{Size: p.WireSize(), UTF8: env.UTF8, RequireTLS: env.RequireTLS, Open: func() io.Reader {
 		r, err := p.Body()
 		if err != nil {
 			return errReader{err}

@@ -399,7 +399,7 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 			rcpts[k] = st.Recipients[i].Addr
 		}
 		dctx, cancel := context.WithTimeout(ctx, cfg.Queue.DeliveryTimeout.Duration)
-		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body, UTF8: msg.UTF8}, false)
+		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body, UTF8: msg.UTF8, RequireTLS: msg.RequireTLS}, false)
 		cancel()
 		if o.superseded {
 			again = true

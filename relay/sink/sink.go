@@ -26,6 +26,8 @@ type Message struct {
 	TLS  tls.ConnectionState
 	User string // the AUTH identity, if any
 	UTF8 bool   // MAIL FROM carried SMTPUTF8
+	// RequireTLS: MAIL FROM carried REQUIRETLS.
+	RequireTLS bool
 }
 
 // Options configure a Sink.
@@ -61,6 +63,8 @@ type Options struct {
 	IdleTimeout time.Duration
 	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
 	SMTPUTF8 bool
+	// REQUIRETLS offers REQUIRETLS (RFC 8689) inside TLS.
+	REQUIRETLS bool
 	// RecordCommands keeps every MAIL and RCPT command line as received,
 	// for Commands. The lines are taken from go-smtp's debug stream of all
 	// connections, so use it with one connection at a time; message lines
@@ -106,6 +110,7 @@ func Start(o Options) (*Sink, error) {
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = discardLogger{}
 	srv.EnableSMTPUTF8 = o.SMTPUTF8
+	srv.EnableREQUIRETLS = o.REQUIRETLS
 	if o.RecordCommands {
 		srv.Debug = streamWriter{s}
 	}
@@ -307,6 +312,8 @@ type session struct {
 	to   []string
 	user string
 	utf8 bool
+	// requireTLS: MAIL FROM carried REQUIRETLS.
+	requireTLS bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
@@ -350,7 +357,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			return err
 		}
 	}
-	s.from, s.utf8 = from, opts != nil && opts.UTF8
+	s.from, s.utf8, s.requireTLS = from, opts != nil && opts.UTF8, opts != nil && opts.RequireTLS
 	return nil
 }
 
@@ -372,11 +379,11 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 	state, _ := s.conn.TLSConnectionState()
-	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user, UTF8: s.utf8})
+	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user, UTF8: s.utf8, RequireTLS: s.requireTLS})
 	return nil
 }
 
-func (s *session) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
+func (s *session) Reset()        { s.from, s.to, s.utf8, s.requireTLS = "", nil, false, false }
 func (s *session) Logout() error { return nil }
 
 type discardLogger struct{}

@@ -49,6 +49,9 @@ func (e *Envelope) appendJSON(b []byte) ([]byte, error) {
 	if e.UTF8 {
 		b = append(b, `,"smtputf8":true`...)
 	}
+	if e.RequireTLS {
+		b = append(b, `,"requiretls":true`...)
+	}
 	if e.Prepend != "" {
 		b = append(b, `,"prepend":`...)
 		b = appendJSONString(b, e.Prepend)

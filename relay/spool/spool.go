@@ -61,6 +61,10 @@ type Envelope struct {
 	// UTF8 marks a message submitted with SMTPUTF8: its addresses may be
 	// non-ASCII, and it goes upstream with SMTPUTF8.
 	UTF8 bool `json:"smtputf8,omitempty"`
+	// RequireTLS marks a message submitted with REQUIRETLS (RFC 8689): it
+	// goes only to a next hop that offers REQUIRETLS and was found
+	// securely, and carries REQUIRETLS there.
+	RequireTLS bool `json:"requiretls,omitempty"`
 	// Prepend is header text sent before the body, e.g. a DKIM-Signature
 	// computed over the body after it was received.
 	Prepend string `json:"prepend,omitempty"`

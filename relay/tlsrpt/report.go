@@ -128,7 +128,7 @@ func (s *Store) Record(ss Session) error {
 		if r, err = readReport(p); errors.Is(err, fs.ErrNotExist) {
 			start, _ := time.Parse(time.DateOnly, d)
 			r = &Report{OrganizationName: s.Org, ContactInfo: "postmaster@" + s.Org,
-				ReportID: d + "_" + ss.Domain + "@" + s.Org,
+				ReportID:  d + "_" + ss.Domain + "@" + s.Org,
 				DateRange: DateRange{Start: start, End: start.Add(24*time.Hour - time.Second)}}
 		} else if err != nil {
 			return err

@@ -18,6 +18,8 @@ type envelope struct {
 	rcpts    []address.Address
 	rawRcpts []string
 	utf8     bool // MAIL FROM carries SMTPUTF8
+	// requireTLS: MAIL FROM carries REQUIRETLS (RFC 8689).
+	requireTLS bool
 }
 
 // envelope parses from and rcpts. A sender that does not parse, or that

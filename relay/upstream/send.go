@@ -32,6 +32,10 @@ type Body struct {
 	// UTF8 is set for a message submitted with SMTPUTF8 (spool.Envelope's
 	// UTF8): it goes upstream with SMTPUTF8 when the upstream offers it.
 	UTF8 bool
+	// RequireTLS is set for a message submitted with REQUIRETLS
+	// (spool.Envelope's RequireTLS): it goes only to an upstream that
+	// offers REQUIRETLS, with REQUIRETLS on MAIL FROM (RFC 8689).
+	RequireTLS bool
 }
 
 // Send transfers one message: MAIL, RCPT for each recipient, then the
@@ -59,6 +63,12 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body Body,
 	if err != nil {
 		return res, err
 	}
+	if body.RequireTLS && !c.has("REQUIRETLS") {
+		return res, &policy.Failure{Class: policy.RequireTLS, Host: c.Dest.Upstream,
+			Detail: "the message was sent with REQUIRETLS, and this upstream does not offer REQUIRETLS (RFC 8689); nothing was sent",
+			Fix:    "the message can only go to a next hop that offers REQUIRETLS; the sender may resend without REQUIRETLS if TLS on every hop is not required"}
+	}
+	env.requireTLS = body.RequireTLS
 	if len(env.rcpts) == 0 || allOrNothing && len(res.Refused) > 0 {
 		return res, nil // nothing was sent: no transaction is open
 	}
@@ -180,6 +190,9 @@ func (c *Conn) mailCommand(env envelope) string {
 	}
 	if env.utf8 {
 		line += " SMTPUTF8"
+	}
+	if env.requireTLS {
+		line += " REQUIRETLS"
 	}
 	return line
 }
