@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"tlsrelay/relay/atomicfile"
+	"tlsrelay/relay/durable"
 )
 
 // Cache keeps each domain's last policy on disk, one file per domain,
@@ -83,5 +83,5 @@ func (c *Cache) Store(e *Cached) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(p, append(raw, '\n'))
+	return durable.WriteFile(p, append(raw, '\n'), 0o600)
 }

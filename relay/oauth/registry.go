@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/durable"
 )
 
 // Registry keeps one Source per OAuth destination for the life of the
@@ -111,7 +112,7 @@ func (r *Registry) writeStatus() {
 	if err != nil {
 		return
 	}
-	writeFileAtomic(r.StatusFile, raw) // best effort: status is informative
+	durable.WriteFile(r.StatusFile, raw, 0o600) // best effort: status is informative
 }
 
 // ReadStatus reads a status file written by a relay.

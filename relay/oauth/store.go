@@ -5,7 +5,7 @@ import (
 	"os"
 	"strings"
 
-	"tlsrelay/relay/atomicfile"
+	"tlsrelay/relay/durable"
 )
 
 // ReadRefreshToken reads the refresh token kept in path (one line).
@@ -26,9 +26,5 @@ func ReadRefreshToken(path string) (string, error) {
 // temporary file (mode 0600), fsyncs it, renames it over path and fsyncs
 // the directory. It returns only once the new token is durable.
 func WriteRefreshToken(path, token string) error {
-	return writeFileAtomic(path, []byte(token+"\n"))
+	return durable.WriteFile(path, []byte(token+"\n"), 0o600)
 }
-
-// writeFileAtomic writes data to path with mode 0600: a reader sees the
-// old content or the new, never a mix, even after a crash.
-func writeFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data) }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"tlsrelay/relay/durable"
 )
 
 // dirSyncer fsyncs a directory on behalf of many callers at once. A caller
@@ -63,19 +65,7 @@ func (d *dirSyncer) Sync() error {
 
 // syncDir fsyncs a directory, making the names created in or removed
 // from it durable; tests replace it to see which directories are synced.
-var syncDir = fsyncDir
-
-func fsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+var syncDir = durable.SyncDir
 
 // mkdirDurable creates dir (0700) and whatever parents of it are missing,
 // and fsyncs the parent of each directory it created: a new directory's

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"tlsrelay/policy"
-	"tlsrelay/relay/atomicfile"
+	"tlsrelay/relay/durable"
 )
 
 // PolicyType is the kind of policy a session was judged under.
@@ -152,7 +152,7 @@ func (s *Store) Record(ss Session) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
-	return atomicfile.Write(p, append(raw, '\n'))
+	return durable.WriteFile(p, append(raw, '\n'), 0o600)
 }
 
 func (r *Report) add(ss Session) {
