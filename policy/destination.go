@@ -56,6 +56,8 @@ type Spec struct {
 	AuthMechanism string `toml:"auth_mechanism"`
 	// OAuth is the [destination.oauth] table.
 	OAuth *OAuthSpec `toml:"oauth"`
+	// MXSecurity is the level MX delivery requires (upstream = "mx").
+	MXSecurity string `toml:"mx_security"`
 }
 
 // Destination is a compiled, validated policy for a set of recipient
@@ -86,6 +88,9 @@ type Destination struct {
 	OAuth         *OAuth
 	AuthMechanism Mechanism
 	spec          Spec
+	// MXSecurity is set when upstream = "mx": what the recipient
+	// domain's mail exchangers must prove.
+	MXSecurity MXSecurity
 	// mx is set on the policy of one connection to a mail exchanger.
 	mx *MXHost
 	// sessions lets reconnections resume TLS sessions (verification still
@@ -149,6 +154,12 @@ func Compile(s Spec) (*Destination, error) {
 			}
 		}
 	}
+	if strings.EqualFold(s.Upstream, "mx") {
+		d.compileMX(s, fail)
+		s.Upstream = "mx:" + MXPort // for the checks below; ForMX sets the real host
+	} else if s.MXSecurity != "" {
+		fail(fieldErr("mx_security", "applies only to upstream = \"mx\"; remove it, or set upstream = \"mx\" to deliver straight to the recipient domains' mail exchangers"))
+	}
 	host, port, err := net.SplitHostPort(s.Upstream)
 	switch {
 	case s.Upstream == "":
@@ -157,6 +168,9 @@ func Compile(s Spec) (*Destination, error) {
 		fail(fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", s.Upstream))
 	}
 	d.Upstream, d.Host = s.Upstream, host
+	if d.IsMX() {
+		d.Upstream, d.Host = "mx", ""
+	}
 
 	switch strings.ToLower(s.TLS) {
 	case "", "starttls":
@@ -248,6 +262,9 @@ func Compile(s Spec) (*Destination, error) {
 		} else {
 			d.ClientCert = &cert
 		}
+	}
+	if d.IsMX() {
+		d.RequireHostname, d.ServerName = nil, "" // each host's, from DNS (ForMX)
 	}
 	switch len(errs) {
 	case 0:

@@ -53,10 +53,10 @@ const (
 	NoSuchDomain Class = "no_such_domain"
 	// NullMX: the recipient domain accepts no mail (RFC 7505).
 	NullMX Class = "null_mx"
-	// MXSecurity: the domain does not publish what mx_security requires
+	// MXSecurityFailure: the domain does not publish what mx_security requires
 	// (DANE or an MTA-STS policy), or no MX host matches its MTA-STS
 	// policy in enforce mode.
-	MXSecurity Class = "mx_security"
+	MXSecurityFailure Class = "mx_security"
 	// STSPolicy: the domain's MTA-STS policy could not be fetched or
 	// parsed, and there is no cached one.
 	STSPolicy Class = "sts_policy"

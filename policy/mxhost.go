@@ -47,9 +47,35 @@ func (d *Destination) ForMX(h MXHost, addr string) *Destination {
 	return &c
 }
 
-// MX returns what this connection must prove when it is one to a mail
-// exchanger (see ForMX), or nil.
-func (d *Destination) MX() *MXHost { return d.mx }
+// MXHost returns what this connection must prove when it is one to a
+// mail exchanger (see ForMX), or nil.
+func (d *Destination) MXHost() *MXHost { return d.mx }
+
+// IsMX reports whether the destination delivers straight to each
+// recipient domain's mail exchangers (upstream = "mx").
+func (d *Destination) IsMX() bool { return d.MXSecurity != "" }
+
+// MXSecurity is what MX delivery requires of a recipient domain's mail
+// exchangers (mx_security).
+type MXSecurity string
+
+// The levels of mx_security.
+const (
+	// DANEOrSTS: DANE where the host has DNSSEC-validated TLSA records,
+	// else the domain's MTA-STS policy, else Verify.
+	DANEOrSTS MXSecurity = "dane-or-sts"
+	// DANEOnly: every host must be authenticated by DANE.
+	DANEOnly MXSecurity = "dane"
+	// STSOnly: the domain must have an MTA-STS policy in force, and every
+	// host must match it with a WebPKI-valid certificate for its name.
+	STSOnly MXSecurity = "sts"
+	// Verify: a WebPKI-valid certificate (system roots, or ca_file) for
+	// the MX host's name; DANE and MTA-STS are not looked up.
+	Verify MXSecurity = "verify"
+)
+
+// MXPort is the SMTP port of mail exchangers.
+const MXPort = "25"
 
 // DialAddr is the address to connect to: Addr when set (an MX host's
 // address), else Upstream.

@@ -26,6 +26,7 @@ type Config struct {
 	Queue       Queue          `toml:"queue"`
 	Log         Log            `toml:"log"`
 	Metrics     Metrics        `toml:"metrics"`
+	DNS         DNS            `toml:"dns"`
 	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
 
@@ -159,6 +160,7 @@ func Default() *Config {
 			UpstreamMaxAge:      Duration{5 * time.Minute},
 		},
 		Log: Log{Level: "info", Format: "auto"},
+		DNS: DNS{Resolver: "127.0.0.1:53"},
 	}
 }
 
@@ -279,6 +281,7 @@ func (c *Config) check(src string, p *problems) {
 		p.add(bad("log", "format", "%q is not a format; write auto, text or json", c.Log.Format))
 	}
 	c.checkDestinations(src, p)
+	c.checkDNS(bad, p)
 	if len(c.DKIM) > 0 && !p.undecodedUnder("dkim") {
 		signer, err := signing.Load(c.DKIM)
 		if err != nil {

@@ -20,6 +20,7 @@ func (c *Config) Effective() *Config {
 		spec.ServerName = d.ServerName
 		spec.Upstream = d.Upstream
 		spec.AuthMechanism = string(d.AuthMechanism)
+		spec.MXSecurity = string(d.MXSecurity)
 		if o := d.OAuth; o != nil {
 			eff := *spec.OAuth // secrets stay named by their source
 			eff.Flow, eff.TokenURL, eff.DeviceAuthURL, eff.AuthURL, eff.Scopes = string(o.Flow), o.TokenURL, o.DeviceAuthURL, o.AuthURL, o.Scopes
