@@ -64,6 +64,9 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	}
 	defer fl.done()
 	ctx = fl.ctx
+	if dest.IsMX() {
+		return r.attemptMX(ctx, fl, log, env, o, body, allOrNothing)
+	}
 	if f := r.queue.suspended(dest.Name()); f != nil {
 		o.failure = f
 		log.Debug("not tried: the destination is suspended after connection timeouts", "detail", f.Detail)

@@ -180,6 +180,12 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
 	}
+	if len(s.rcpts) > 0 && s.reject != nil && s.reject.IsMX() && domainOf(s.rcpts[0]) != addr.Domain {
+		// Each domain has its own mail exchangers: one reply to DATA can
+		// be true for all recipients only if they share one.
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+			Message: "Send recipients of " + addr.Domain + " in a separate transaction: delivery to mail exchangers in reject mode takes one recipient domain per transaction"}
+	}
 	if err := s.envelopeRoom(to); err != nil {
 		return err
 	}

@@ -127,15 +127,22 @@ func startRelay(t *testing.T, cfgText string) *testRelay {
 // startRelayAt is startRelay with a clock the test moves.
 func startRelayAt(t *testing.T, cfgText string, clock *testClock) *testRelay {
 	t.Helper()
+	var opts Options
+	if clock != nil {
+		opts.Clock = clock.now
+	}
+	return startRelayWith(t, cfgText, opts)
+}
+
+// startRelayWith is startRelay with Options (its Logger is the test's).
+func startRelayWith(t *testing.T, cfgText string, opts Options) *testRelay {
+	t.Helper()
 	cfg, err := config.Parse("test.toml", cfgText)
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
 	}
 	logs := &logBuffer{}
-	opts := Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
-	if clock != nil {
-		opts.Clock = clock.now
-	}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)

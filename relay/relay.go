@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"tlsrelay/relay/metrics"
 	"tlsrelay/relay/oauth"
 	"tlsrelay/relay/spool"
+	"tlsrelay/relay/tlsrpt"
 	"tlsrelay/relay/upstream"
 )
 
@@ -33,6 +35,11 @@ type Options struct {
 	Clock policy.Clock
 	// Level, if set, is the logger's level, changed on reload.
 	Level *slog.LevelVar
+	// MXDial, for tests only, replaces the TCP dialing of delivery to
+	// mail exchangers (upstream = "mx"): port 25 of each MX host's
+	// address and port 443 of MTA-STS policy hosts, so that tests reach
+	// servers on loopback ports. Nil in production.
+	MXDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Relay is a running tlsrelay.
@@ -66,6 +73,11 @@ type Relay struct {
 	// policygate.go); reloading serializes reloads.
 	gates     atomic.Pointer[gates]
 	reloading sync.Mutex
+
+	// mxDial is Options.MXDial; reports keeps the TLS-RPT reports of MX
+	// delivery.
+	mxDial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	reports *tlsrpt.Store
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
@@ -80,11 +92,13 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	}
 	store.SetLogger(opts.Logger)
 	r := &Relay{
-		log:    opts.Logger,
-		store:  store,
-		clock:  opts.Clock,
-		level:  opts.Level,
-		served: make(chan error, 2),
+		log:     opts.Logger,
+		store:   store,
+		clock:   opts.Clock,
+		level:   opts.Level,
+		served:  make(chan error, 2),
+		mxDial:  opts.MXDial,
+		reports: &tlsrpt.Store{Dir: filepath.Join(cfg.Queue.Dir, "tlsrpt"), Org: cfg.Server.Hostname},
 	}
 	gs := newGates(cfg.Table, nil)
 	r.gates.Store(&gs)

@@ -25,6 +25,9 @@ type Metrics struct {
 	LastReload       prometheus.Gauge
 	LastReloadResult prometheus.Gauge
 	TokenRequests    *prometheus.CounterVec // destination, result
+	// TLSRPT counts MX delivery's sessions by TLS-RPT policy type and
+	// result type (success, or an RFC 8460 result type) beside the class.
+	TLSRPT *prometheus.CounterVec // policy, result, class
 	// TokenExpiry, if set, reports each OAuth destination's current token
 	// expiry; it is read at every scrape.
 	TokenExpiry func() map[string]time.Time
@@ -60,6 +63,9 @@ func New(queue QueueStats) *Metrics {
 		TokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_oauth_token_requests_total",
 			Help: "Requests to OAuth token endpoints by destination and result (success, or the provider's error code, unreachable, no_refresh_token)."},
 			[]string{"destination", "result"}),
+		TLSRPT: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_tlsrpt_sessions_total",
+			Help: "Sessions of delivery to mail exchangers, by TLS-RPT policy type (tlsa, sts, no-policy-found), result (success or the RFC 8460 result type) and tlsrelay's failure class."},
+			[]string{"policy", "result", "class"}),
 	}
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
@@ -72,7 +78,7 @@ func New(queue QueueStats) *Metrics {
 		return time.Since(t).Seconds()
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
-		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, tokenExpiry{m},
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, m.TLSRPT, tokenExpiry{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")
