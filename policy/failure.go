@@ -57,9 +57,6 @@ const (
 	// (DANE or an MTA-STS policy), or no MX host matches its MTA-STS
 	// policy in enforce mode.
 	MXSecurityFailure Class = "mx_security"
-	// STSPolicy: the domain's MTA-STS policy could not be fetched or
-	// parsed, and there is no cached one.
-	STSPolicy Class = "sts_policy"
 	// RequireTLS: the message was sent with REQUIRETLS (RFC 8689), and no
 	// next hop both offers REQUIRETLS and was found securely (DNSSEC or
 	// MTA-STS).

@@ -221,7 +221,7 @@ func failureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
 		code, enh = 556, smtp.EnhancedCode{5, 1, 10}
 	case f.Class == policy.NoSuchDomain:
 		code, enh = 550, smtp.EnhancedCode{5, 1, 2}
-	case f.Class == policy.MXSecurityFailure, f.Class == policy.STSPolicy:
+	case f.Class == policy.MXSecurityFailure:
 		code, enh = 554, smtp.EnhancedCode{5, 7, 5}
 	case f.Class == policy.DNS:
 		code, enh = 451, smtp.EnhancedCode{4, 4, 3}

@@ -116,7 +116,7 @@ func statusCode(c policy.Class, expired, final bool) string {
 		return "5.1.2"
 	case c == policy.DNS:
 		return class + ".4.3"
-	case c == policy.MXSecurityFailure, c == policy.STSPolicy:
+	case c == policy.MXSecurityFailure:
 		return class + ".7.5"
 	case c.IsTLS():
 		return class + ".7.5"

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,8 +10,6 @@ import (
 	"sort"
 
 	"tlsrelay/policy"
-	"tlsrelay/relay/dnsx"
-	"tlsrelay/relay/mtasts"
 	"tlsrelay/relay/mx"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/tlsrpt"
@@ -216,41 +213,13 @@ func (r *Relay) recordRPT(log *slog.Logger, domain string, desc tlsrpt.PolicyDes
 // dest's ca_file (if any) for the WebPKI checks of policy servers.
 func (r *Relay) mxPlanner(dest *policy.Destination) *mx.Planner {
 	cfg := r.Config()
-	dns := &dnsx.Client{Server: cfg.DNS.Resolver, TrustAD: cfg.DNS.TrustAD, Timeout: cfg.Queue.ConnectTimeout.Duration}
-	return &mx.Planner{DNS: dns, STS: &mtasts.Agent{
-		DNS:     dns,
-		Cache:   &mtasts.Cache{Dir: filepath.Join(cfg.Queue.Dir, "mta-sts")},
-		Now:     r.now,
-		Fetcher: &mtasts.Fetcher{Roots: dest.Roots, Timeout: cfg.Queue.ConnectTimeout.Duration, Dial: resolvingDial(dns, r.mxDial)},
-	}}
+	return mx.NewPlanner(mx.Setup{Resolver: cfg.DNS.Resolver, TrustAD: cfg.DNS.TrustAD, Timeout: cfg.Queue.ConnectTimeout.Duration,
+		CacheDir: MTASTSCacheDir(cfg.Queue.Dir), Roots: dest.Roots, Dial: r.mxDial, Now: r.now})
 }
 
-// resolvingDial connects to host:port, finding host's addresses with dns
-// (never the system's resolver), trying each in turn.
-func resolvingDial(dns dnsx.Resolver, dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		host, port, err := net.SplitHostPort(addr)
-		if err != nil {
-			return nil, err
-		}
-		addrs, err := dns.Addrs(ctx, host)
-		if err != nil {
-			return nil, err
-		}
-		if len(addrs.IPs) == 0 {
-			return nil, fmt.Errorf("%s has no address", host)
-		}
-		var errs []error
-		for _, ip := range addrs.IPs {
-			c, err := dial(ctx, "tcp", net.JoinHostPort(ip.String(), port))
-			if err == nil {
-				return c, nil
-			}
-			errs = append(errs, err)
-		}
-		return nil, errors.Join(errs...)
-	}
-}
+// MTASTSCacheDir is where the MTA-STS policies are cached in the spool
+// directory queueDir.
+func MTASTSCacheDir(queueDir string) string { return filepath.Join(queueDir, "mta-sts") }
+
+// TLSRPTDir is where the TLS-RPT reports are kept in the spool directory.
+func TLSRPTDir(queueDir string) string { return filepath.Join(queueDir, "tlsrpt") }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,7 +97,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 		level:   opts.Level,
 		served:  make(chan error, 2),
 		mxDial:  opts.MXDial,
-		reports: &tlsrpt.Store{Dir: filepath.Join(cfg.Queue.Dir, "tlsrpt"), Org: cfg.Server.Hostname},
+		reports: &tlsrpt.Store{Dir: TLSRPTDir(cfg.Queue.Dir), Org: cfg.Server.Hostname},
 	}
 	gs := newGates(cfg.Table, nil)
 	r.gates.Store(&gs)

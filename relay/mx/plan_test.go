@@ -1,0 +1,53 @@
+package mx
+
+import (
+	"context"
+	"testing"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay/dnsx"
+	"tlsrelay/relay/dnsx/dnstest"
+)
+
+func TestPlanOrderAndTLSABase(t *testing.T) {
+	s, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Zone("signed.test", true)
+	digest := "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	s.MustAdd("signed.test. MX 10 a.signed.test.", "signed.test. MX 10 b.signed.test.", "signed.test. MX 20 c.signed.test.",
+		"a.signed.test. A 127.0.0.1", "b.signed.test. A 127.0.0.2", "c.signed.test. A 127.0.0.3",
+		// a is a CNAME: its TLSA records are looked for where it leads.
+		"alias.signed.test. MX 10 mx.alias.signed.test.", "mx.alias.signed.test. CNAME real.signed.test.", "real.signed.test. A 127.0.0.4",
+		"_25._tcp.real.signed.test. TLSA 3 1 1 "+digest,
+		// b is a CNAME whose target has no TLSA: the MX name's are used.
+		"alias2.signed.test. MX 10 mx.alias2.signed.test.", "mx.alias2.signed.test. CNAME real2.signed.test.", "real2.signed.test. A 127.0.0.5",
+		"_25._tcp.mx.alias2.signed.test. TLSA 3 1 1 "+digest)
+	p := &Planner{DNS: &dnsx.Client{Server: s.Addr()}}
+	ctx := context.Background()
+	seen := map[string]bool{}
+	for range 64 {
+		plan := p.Plan(ctx, "signed.test", policy.Verify)
+		if plan.Failure != nil || len(plan.Hosts) != 3 || plan.Hosts[2].Name != "c.signed.test" {
+			t.Fatalf("plan: %+v", plan)
+		}
+		seen[plan.Hosts[0].Name] = true
+	}
+	if !seen["a.signed.test"] || !seen["b.signed.test"] {
+		t.Errorf("equal preferences are not tried in random order: first hosts seen %v", seen)
+	}
+	plan := p.Plan(ctx, "alias.signed.test", policy.DANEOrSTS)
+	if h := plan.Hosts[0]; !h.Auth.DANE || h.Auth.Base != "real.signed.test" || h.Auth.TLSAName != "_25._tcp.real.signed.test" || !h.SecureMX {
+		t.Errorf("CNAME'd MX: %+v", h)
+	}
+	plan = p.Plan(ctx, "alias2.signed.test", policy.DANEOrSTS)
+	if h := plan.Hosts[0]; !h.Auth.DANE || h.Auth.Base != "mx.alias2.signed.test" {
+		t.Errorf("CNAME'd MX, TLSA at the MX name: %+v", h)
+	}
+	// verify looks up no TLSA at all.
+	if h := p.Plan(ctx, "alias.signed.test", policy.Verify).Hosts[0]; h.Auth.DANE {
+		t.Errorf("verify used DANE: %+v", h)
+	}
+}
