@@ -5,14 +5,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,137 +15,29 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/policy/certgen"
-	"tlsrelay/relay/dnsx/dnstest"
+	"tlsrelay/relay/mx/mxtest"
 	"tlsrelay/relay/sink"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
 
-// mxWorld is a small internet on loopback for delivery to mail
-// exchangers: a DNS server with signed and unsigned zones, STARTTLS
-// servers standing in for MX hosts on port 25 of their own 127.0.0.x
-// addresses, and one HTTPS server for every mta-sts.<domain>, all under a
-// test CA that the destination's ca_file names (the WebPKI of this world).
+// mxWorld is mxtest's World with a relay to start in it.
 type mxWorld struct {
-	t   *testing.T
-	pki *pki
-	dns *dnstest.Server
-
-	mu       sync.Mutex
-	routes   map[string]string // "127.0.0.x:25" or ":443" → the real listener
-	nextIP   int
-	policies map[string]string // mta-sts.<domain> → policy body, or "redirect"
-	https    *httptest.Server
-	certs    map[string]*tls.Certificate
+	*mxtest.World
+	t *testing.T
 }
 
-func newMXWorld(t *testing.T) *mxWorld {
-	t.Helper()
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dns.Close() })
-	w := &mxWorld{t: t, pki: newPKI(t, "MX World CA"), dns: dns, routes: map[string]string{}, nextIP: 10,
-		policies: map[string]string{}, certs: map[string]*tls.Certificate{}}
-	w.https = httptest.NewUnstartedServer(http.HandlerFunc(w.servePolicy))
-	w.https.TLS = &tls.Config{GetCertificate: w.certificate}
-	w.https.Config.ErrorLog = log.New(io.Discard, "", 0)
-	w.https.StartTLS()
-	t.Cleanup(w.https.Close)
-	return w
-}
-
-// ip hands out the next loopback address.
-func (w *mxWorld) ip() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.nextIP++
-	return fmt.Sprintf("127.0.0.%d", w.nextIP)
-}
-
-// dial is the relay's Options.MXDial: the address a name resolved to,
-// mapped to the listener standing in for it.
-func (w *mxWorld) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	w.mu.Lock()
-	real, ok := w.routes[addr]
-	w.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("mxWorld: nothing listens on %s", addr)
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, real)
-}
-
-// host starts an MX host named name (with cert, or the CA's certificate
-// for name) and publishes its address.
-func (w *mxWorld) host(name string, o sink.Options) *sink.Sink {
-	w.t.Helper()
-	if o.Cert.Certificate == nil {
-		o.Cert = w.pki.leaf(w.t, name).TLSCertificate()
-	}
-	s := startSink(w.t, o)
-	ip := w.ip()
-	w.mu.Lock()
-	w.routes[ip+":25"] = s.Addr()
-	w.mu.Unlock()
-	w.dns.MustAdd(name + ". A " + ip)
-	return s
-}
-
-// sts publishes an MTA-STS policy for domain (body "redirect": the
-// policy URL redirects).
-func (w *mxWorld) sts(domain, id, body string) {
-	ip := w.ip()
-	w.mu.Lock()
-	w.routes[ip+":443"] = w.https.Listener.Addr().String()
-	w.policies["mta-sts."+domain] = body
-	w.mu.Unlock()
-	w.dns.MustAdd("mta-sts."+domain+". A "+ip, "_mta-sts."+domain+`. TXT "v=STSv1; id=`+id+`"`)
-}
-
-func (w *mxWorld) servePolicy(rw http.ResponseWriter, r *http.Request) {
-	w.mu.Lock()
-	body, ok := w.policies[strings.Split(r.Host, ":")[0]]
-	w.mu.Unlock()
-	switch {
-	case !ok || r.URL.Path != "/.well-known/mta-sts.txt":
-		http.NotFound(rw, r)
-	case body == "redirect":
-		http.Redirect(rw, r, "https://elsewhere.test/policy.txt", http.StatusMovedPermanently)
-	default:
-		rw.Header().Set("Content-Type", "text/plain")
-		io.WriteString(rw, body)
-	}
-}
-
-func (w *mxWorld) certificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if c := w.certs[hello.ServerName]; c != nil {
-		return c, nil
-	}
-	iss, err := w.pki.ca.Issue(certgen.Options{DNSNames: []string{hello.ServerName}})
-	if err != nil {
-		return nil, err
-	}
-	c := iss.TLSCertificate()
-	w.certs[hello.ServerName] = &c
-	return &c, nil
-}
+func newMXWorld(t *testing.T) *mxWorld { return &mxWorld{World: mxtest.New(t), t: t} }
 
 // relay starts a relay whose one destination delivers to mail exchangers.
 func (w *mxWorld) relay(extra ...string) *testRelay {
 	w.t.Helper()
-	cfg := baseConfig(w.t.TempDir()) + fmt.Sprintf("\n[dns]\nresolver = %q\n", w.dns.Addr()) +
-		fmt.Sprintf("\n[[destination]]\ndomains = [\"*\"]\nupstream = \"mx\"\nca_file = %q\n", w.pki.caFile) + strings.Join(extra, "\n") + "\n"
-	return startRelayWith(w.t, cfg, Options{MXDial: w.dial})
+	cfg := baseConfig(w.t.TempDir()) + fmt.Sprintf("\n[dns]\nresolver = %q\n", w.DNS.Addr()) +
+		fmt.Sprintf("\n[[destination]]\ndomains = [\"*\"]\nupstream = \"mx\"\nca_file = %q\n", w.CAFile) + strings.Join(extra, "\n") + "\n"
+	return startRelayWith(w.t, cfg, Options{MXDial: w.Dial})
 }
 
-// tlsa is the zone line of a TLSA record at _25._tcp.name.
-func tlsa(name string, r policy.TLSA) string {
-	return "_25._tcp." + name + ". TLSA " + r.String()
-}
+var tlsa = mxtest.TLSA
 
 // replyOf submits one message to rcpt and returns the reply's error (nil
 // for 250).
@@ -175,7 +62,7 @@ func wantFailure(t *testing.T, err error, code int, class string, says ...string
 
 func TestMXDANE(t *testing.T) {
 	w := newMXWorld(t)
-	w.dns.Zone("dane.test", true)
+	w.DNS.Zone("dane.test", true)
 	other, _ := certgen.NewCA("Nobody's CA") // DANE needs no WebPKI
 	eeLeaf, _ := other.Issue(certgen.Options{DNSNames: []string{"whatever.example"},
 		NotBefore: time.Now().Add(-90 * 24 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
@@ -184,14 +71,14 @@ func TestMXDANE(t *testing.T) {
 	taRight, _ := inter.Issue(certgen.Options{DNSNames: []string{"mx.ta.dane.test"}})
 	taWrong, _ := inter.Issue(certgen.Options{DNSNames: []string{"mx.elsewhere.test"}})
 
-	eeOK := w.host("mx.ee.dane.test", sink.Options{Cert: eeLeaf.TLSCertificate()})
-	eeBad := w.host("mx.eebad.dane.test", sink.Options{Cert: eeLeaf.TLSCertificate()})
-	taOK := w.host("mx.ta.dane.test", sink.Options{Cert: taRight.TLSCertificate(interCert.Cert)})
-	taBad := w.host("mx.tabad.dane.test", sink.Options{Cert: taWrong.TLSCertificate(interCert.Cert)})
-	unusable := w.host("mx.unusable.dane.test", sink.Options{})
-	servfail := w.host("mx.servfail.dane.test", sink.Options{})
+	eeOK := w.Host("mx.ee.dane.test", sink.Options{Cert: eeLeaf.TLSCertificate()})
+	eeBad := w.Host("mx.eebad.dane.test", sink.Options{Cert: eeLeaf.TLSCertificate()})
+	taOK := w.Host("mx.ta.dane.test", sink.Options{Cert: taRight.TLSCertificate(interCert.Cert)})
+	taBad := w.Host("mx.tabad.dane.test", sink.Options{Cert: taWrong.TLSCertificate(interCert.Cert)})
+	unusable := w.Host("mx.unusable.dane.test", sink.Options{})
+	servfail := w.Host("mx.servfail.dane.test", sink.Options{})
 	wrongKey, _ := other.Issue(certgen.Options{DNSNames: []string{"x"}})
-	w.dns.MustAdd(
+	w.DNS.MustAdd(
 		"ee.dane.test. MX 10 mx.ee.dane.test.", tlsa("mx.ee.dane.test", policy.TLSAFor(3, eeLeaf.Cert)),
 		"eebad.dane.test. MX 10 mx.eebad.dane.test.", tlsa("mx.eebad.dane.test", policy.TLSAFor(3, wrongKey.Cert)),
 		"ta.dane.test. MX 10 mx.ta.dane.test.", tlsa("mx.ta.dane.test", policy.TLSAFor(2, interCert.Cert)),
@@ -199,7 +86,7 @@ func TestMXDANE(t *testing.T) {
 		"unusable.dane.test. MX 10 mx.unusable.dane.test.", tlsa("mx.unusable.dane.test", policy.TLSAFor(1, eeLeaf.Cert)),
 		"servfail.dane.test. MX 10 mx.servfail.dane.test.",
 	)
-	w.dns.Fail("_25._tcp.mx.servfail.dane.test", 52, 2) // TLSA SERVFAIL
+	w.DNS.Fail("_25._tcp.mx.servfail.dane.test", 52, 2) // TLSA SERVFAIL
 	tr := w.relay(`on_failure = "reject"`)
 
 	if err := replyOf(tr, "a@ee.dane.test"); err != nil || eeOK.Count() != 1 {
@@ -232,9 +119,9 @@ func TestMXDANE(t *testing.T) {
 // (verify), where a valid certificate for its name is needed.
 func TestMXTLSAWithoutADIsIgnored(t *testing.T) {
 	w := newMXWorld(t)
-	w.dns.Zone("plain.test", false)
-	good := w.host("mx.plain.test", sink.Options{})
-	w.dns.MustAdd("plain.test. MX 10 mx.plain.test.", tlsa("mx.plain.test", policy.TLSA{Usage: 3, Selector: 1, MatchingType: 1, Data: make([]byte, 32)}))
+	w.DNS.Zone("plain.test", false)
+	good := w.Host("mx.plain.test", sink.Options{})
+	w.DNS.MustAdd("plain.test. MX 10 mx.plain.test.", tlsa("mx.plain.test", policy.TLSA{Usage: 3, Selector: 1, MatchingType: 1, Data: make([]byte, 32)}))
 	tr := w.relay(`on_failure = "reject"`)
 	if err := replyOf(tr, "a@plain.test"); err != nil || good.Count() != 1 {
 		t.Fatalf("unvalidated TLSA, valid certificate: %v, %d delivered", err, good.Count())
@@ -248,37 +135,31 @@ func TestMXTLSAWithoutADIsIgnored(t *testing.T) {
 
 func TestMXSTS(t *testing.T) {
 	w := newMXWorld(t)
-	pol := func(mode string, mx ...string) string {
-		s := "version: STSv1\nmode: " + mode + "\nmax_age: 86400\n"
-		for _, m := range mx {
-			s += "mx: " + m + "\n"
-		}
-		return s
-	}
+	pol := func(mode string, mx ...string) string { return mxtest.Policy(mode, 86400, mx...) }
 	// enforce: mx1 (preferred) is not in the policy and is skipped.
-	notListed := w.host("mx1.enforce.test", sink.Options{})
-	listed := w.host("mx2.enforce.test", sink.Options{})
-	w.dns.MustAdd("enforce.test. MX 10 mx1.enforce.test.", "enforce.test. MX 20 mx2.enforce.test.")
-	w.sts("enforce.test", "1", pol("enforce", "mx2.enforce.test"))
+	notListed := w.Host("mx1.enforce.test", sink.Options{})
+	listed := w.Host("mx2.enforce.test", sink.Options{})
+	w.DNS.MustAdd("enforce.test. MX 10 mx1.enforce.test.", "enforce.test. MX 20 mx2.enforce.test.")
+	w.STS("enforce.test", "1", pol("enforce", "mx2.enforce.test"))
 	// enforce with an expired certificate: deferred, not sent.
-	expired := w.host("mx.expired.test", sink.Options{Cert: func() tls.Certificate {
-		iss, _ := w.pki.ca.Issue(certgen.Options{DNSNames: []string{"mx.expired.test"}, NotBefore: time.Now().Add(-90 * 24 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
+	expired := w.Host("mx.expired.test", sink.Options{Cert: func() tls.Certificate {
+		iss, _ := w.CA.Issue(certgen.Options{DNSNames: []string{"mx.expired.test"}, NotBefore: time.Now().Add(-90 * 24 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)})
 		return iss.TLSCertificate()
 	}()})
-	w.dns.MustAdd("expired.test. MX 10 mx.expired.test.")
-	w.sts("expired.test", "1", pol("enforce", "*.expired.test"))
+	w.DNS.MustAdd("expired.test. MX 10 mx.expired.test.")
+	w.STS("expired.test", "1", pol("enforce", "*.expired.test"))
 	// testing: the host is not listed, and the mail goes all the same.
-	testing := w.host("mx.testing.test", sink.Options{})
-	w.dns.MustAdd("testing.test. MX 10 mx.testing.test.")
-	w.sts("testing.test", "1", pol("testing", "other.testing.test"))
+	testing := w.Host("mx.testing.test", sink.Options{})
+	w.DNS.MustAdd("testing.test. MX 10 mx.testing.test.")
+	w.STS("testing.test", "1", pol("testing", "other.testing.test"))
 	// no policy: verify.
-	nopolicy := w.host("mx.nopolicy.test", sink.Options{})
-	w.host("mx.mismatch.test", sink.Options{Cert: w.pki.leaf(t, "other.mismatch.test").TLSCertificate()})
-	w.dns.MustAdd("nopolicy.test. MX 10 mx.nopolicy.test.", "mismatch.test. MX 10 mx.mismatch.test.")
+	nopolicy := w.Host("mx.nopolicy.test", sink.Options{})
+	w.Host("mx.mismatch.test", sink.Options{Cert: w.Leaf("other.mismatch.test").TLSCertificate()})
+	w.DNS.MustAdd("nopolicy.test. MX 10 mx.nopolicy.test.", "mismatch.test. MX 10 mx.mismatch.test.")
 	// a redirecting policy server.
-	w.host("mx.redirect.test", sink.Options{})
-	w.dns.MustAdd("redirect.test. MX 10 mx.redirect.test.")
-	w.sts("redirect.test", "1", "redirect")
+	w.Host("mx.redirect.test", sink.Options{})
+	w.DNS.MustAdd("redirect.test. MX 10 mx.redirect.test.")
+	w.STS("redirect.test", "1", "redirect")
 
 	tr := w.relay(`on_failure = "reject"`)
 	if err := replyOf(tr, "a@enforce.test"); err != nil || listed.Count() != 1 || notListed.Count() != 0 {
@@ -304,11 +185,9 @@ func TestMXSTS(t *testing.T) {
 
 	// The cached policy is used when the fetch fails: the policy server
 	// breaks and the id changes; mx1 stays excluded.
-	w.mu.Lock()
-	w.policies["mta-sts.enforce.test"] = "" // 200 with an empty body: invalid
-	w.mu.Unlock()
-	w.dns.Remove("_mta-sts.enforce.test", 16)
-	w.dns.MustAdd(`_mta-sts.enforce.test. TXT "v=STSv1; id=2"`)
+	w.SetPolicy("enforce.test", "") // 200 with an empty body: invalid
+	w.DNS.Remove("_mta-sts.enforce.test", 16)
+	w.DNS.MustAdd(`_mta-sts.enforce.test. TXT "v=STSv1; id=2"`)
 	listed.Close()
 	// mx2 is down, mx1 still excluded by the policy cached under id 1.
 	wantFailure(t, replyOf(tr, "a@enforce.test"), 554, "mx_security", "(id 1, mode enforce)")
@@ -335,8 +214,8 @@ func TestMXSTS(t *testing.T) {
 
 func TestMXNullAndImplicit(t *testing.T) {
 	w := newMXWorld(t)
-	implicit := w.host("implicit.test", sink.Options{})
-	w.dns.MustAdd("null.test. MX 0 .")
+	implicit := w.Host("implicit.test", sink.Options{})
+	w.DNS.MustAdd("null.test. MX 0 .")
 	tr := w.relay(`on_failure = "reject"`)
 	if err := replyOf(tr, "a@implicit.test"); err != nil || implicit.Count() != 1 {
 		t.Errorf("implicit MX: %v, %d delivered", err, implicit.Count())
@@ -358,11 +237,11 @@ func TestMXNullAndImplicit(t *testing.T) {
 // found securely (DNSSEC or MTA-STS) that offers REQUIRETLS.
 func TestMXREQUIRETLS(t *testing.T) {
 	w := newMXWorld(t)
-	w.dns.Zone("signed.test", true)
-	offers := w.host("mx.offers.signed.test", sink.Options{REQUIRETLS: true})
-	lacks := w.host("mx.lacks.signed.test", sink.Options{})
-	insecure := w.host("mx.insecure.test", sink.Options{REQUIRETLS: true})
-	w.dns.MustAdd("offers.signed.test. MX 10 mx.offers.signed.test.", "lacks.signed.test. MX 10 mx.lacks.signed.test.",
+	w.DNS.Zone("signed.test", true)
+	offers := w.Host("mx.offers.signed.test", sink.Options{REQUIRETLS: true})
+	lacks := w.Host("mx.lacks.signed.test", sink.Options{})
+	insecure := w.Host("mx.insecure.test", sink.Options{REQUIRETLS: true})
+	w.DNS.MustAdd("offers.signed.test. MX 10 mx.offers.signed.test.", "lacks.signed.test. MX 10 mx.lacks.signed.test.",
 		"insecure.test. MX 10 mx.insecure.test.")
 	tr := w.relay(`on_failure = "reject"`)
 	// REQUIRETLS reaches the relay only inside inbound TLS (TestREQUIRETLS);
