@@ -37,7 +37,8 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage:
   tlsrelay check -config FILE [-auth] DOMAIN
-                                         probe the upstream the policy gives DOMAIN, with exactly that policy
+                                         probe the upstream the policy gives DOMAIN, with exactly that policy;
+                                         for upstream = "mx": DOMAIN's MX set, DNSSEC, TLSA, MTA-STS and each host
   tlsrelay check [flags] HOST:PORT       probe an upstream without a configuration
 
 It connects, starts TLS, verifies it, says EHLO, and reports; it never sends
@@ -98,6 +99,13 @@ Flags:
 		}
 		from = fmt.Sprintf("destination %s from %s", dest.Name(), *cfgPath)
 		localName = cfg.Server.Hostname
+		if dest.IsMX() {
+			if *withAuth {
+				fmt.Fprintln(stderr, "tlsrelay check: -auth does not apply to upstream = \"mx\": mail exchangers take no login")
+				return checkUsage
+			}
+			return checkMX(cfg, dest, target, from, *timeout, *asJSON, stdout)
+		}
 	} else {
 		if *starttls && *implicit {
 			fmt.Fprintln(stderr, "tlsrelay check: -starttls and -implicit exclude each other")
@@ -150,24 +158,27 @@ Flags:
 
 // checkReport is the result of `tlsrelay check`, in the shape of its JSON.
 type checkReport struct {
-	Upstream        string              `json:"upstream"`
-	PolicyFrom      string              `json:"policy_from"`
-	Mode            string              `json:"tls_mode"`
-	MinTLS          string              `json:"min_tls"`
-	Connected       bool                `json:"connected"`
-	Greeting        string              `json:"greeting,omitempty"`
-	EHLOPlain       []string            `json:"ehlo_plain,omitempty"`
-	StartTLSOffered *bool               `json:"starttls_offered,omitempty"`
-	TLS             *policy.Inspection  `json:"tls,omitempty"`
-	EHLOTLS         []string            `json:"ehlo_tls,omitempty"`
-	Verdict         string              `json:"verdict"` // "ok" or "fail"
-	Class           string              `json:"class,omitempty"`
-	Detail          string              `json:"detail,omitempty"`
-	Fix             string              `json:"fix,omitempty"`
-	Login           string              `json:"login,omitempty"` // -auth: "ok" or "failed"
-	LoginAs         string              `json:"login_as,omitempty"`
-	ExitCode        int                 `json:"exit_code"`
-	dest            *policy.Destination `json:"-"`
+	Upstream        string             `json:"upstream"`
+	PolicyFrom      string             `json:"policy_from"`
+	Mode            string             `json:"tls_mode"`
+	MinTLS          string             `json:"min_tls"`
+	Connected       bool               `json:"connected"`
+	Greeting        string             `json:"greeting,omitempty"`
+	EHLOPlain       []string           `json:"ehlo_plain,omitempty"`
+	StartTLSOffered *bool              `json:"starttls_offered,omitempty"`
+	TLS             *policy.Inspection `json:"tls,omitempty"`
+	EHLOTLS         []string           `json:"ehlo_tls,omitempty"`
+	Verdict         string             `json:"verdict"` // "ok" or "fail"
+	Class           string             `json:"class,omitempty"`
+	Detail          string             `json:"detail,omitempty"`
+	Fix             string             `json:"fix,omitempty"`
+	// DANE is set for a mail exchanger authenticated by DANE: the TLSA
+	// records' name, which replaces the WebPKI chain and names.
+	DANE     string              `json:"dane_tlsa,omitempty"`
+	Login    string              `json:"login,omitempty"` // -auth: "ok" or "failed"
+	LoginAs  string              `json:"login_as,omitempty"`
+	ExitCode int                 `json:"exit_code"`
+	dest     *policy.Destination `json:"-"`
 }
 
 func newCheckReport(p *upstream.Probe, from string) *checkReport {
@@ -177,6 +188,9 @@ func newCheckReport(p *upstream.Probe, from string) *checkReport {
 		MinTLS:    strings.TrimPrefix(tlsVersionName(d.MinTLS), "TLS "),
 		Connected: p.Connected, Greeting: p.Greeting, EHLOPlain: p.PlainExtensions,
 		TLS: p.Inspection, EHLOTLS: p.TLSExtensions, Verdict: "ok", dest: d,
+	}
+	if h := d.MXHost(); h != nil && h.DANE {
+		r.DANE = h.TLSAName
 	}
 	if d.Mode == policy.StartTLS && p.Connected {
 		offered := p.StartTLSOffered
@@ -211,6 +225,9 @@ func (r *checkReport) writeText(w io.Writer) {
 	if len(d.Pins) > 0 {
 		pinText = strings.Join(d.Pins, ", ")
 	}
+	if r.DANE != "" {
+		trust = "DANE (the TLSA records at " + r.DANE + ")"
+	}
 	line("policy", "tls=%s min_tls=%s trust=%s", d.Mode, r.MinTLS, trust)
 	line("", "require_hostname=%s server_name=%s pins=%s", strings.Join(d.RequireHostname, ","), d.ServerName, pinText)
 	if !r.Connected {
@@ -241,6 +258,9 @@ func (r *checkReport) writeText(w io.Writer) {
 			fmt.Fprintf(w, "      valid      %s to %s (%s)\n", c.NotBefore.Format("2006-01-02 15:04 UTC"), c.NotAfter.Format("2006-01-02 15:04 UTC"), daysLeft(c.DaysLeft))
 			fmt.Fprintf(w, "      pin_sha256 %s\n", c.PinSHA256)
 			fmt.Fprintf(w, "      signature  %s, key %s\n", c.SignatureAlgorithm, c.PublicKey)
+		}
+		if r.DANE != "" {
+			line("chain", "judged by DANE; the WebPKI view, for information:")
 		}
 		if in.ChainVerified {
 			line("chain", "verified, to root %q (%s)", in.ChainRoot, in.ChainSource)
