@@ -25,6 +25,8 @@ Usage:
                                     obtain the first refresh token of a refresh_token destination
   tlsrelay oauth status -config FILE
                                     flow, mailbox, token expiry, last refresh and last error per OAuth destination
+  tlsrelay tlsrpt [-config FILE] [-json] [DOMAIN [DAY]]
+                                    list the daily TLS-RPT reports of delivery to mail exchangers, or print one
   tlsrelay passwd [-senders P,...] USER
                                     print an auth_users_file line (password from the terminal or stdin)
   tlsrelay version                  print the version
@@ -56,6 +58,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdOAuth(args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "tlsrpt":
+		return cmdTLSRPT(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "config":

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"tlsrelay/policy"
+	"tlsrelay/relay"
+	"tlsrelay/relay/tlsrpt"
+)
+
+func TestTLSRPTCommand(t *testing.T) {
+	tmp := t.TempDir()
+	spool := filepath.Join(tmp, "spool")
+	cfg := filepath.Join(tmp, "tlsrelay.toml")
+	os.WriteFile(cfg, []byte("[queue]\ndir = \""+spool+"\"\n[[destination]]\ndomains = [\"*\"]\nupstream = \"mx\"\n"), 0o600)
+	run := func(args ...string) (string, int) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"tlsrpt", "-config", cfg}, args...), nil, &out, &errOut)
+		return out.String() + errOut.String(), code
+	}
+	if out, code := run(); code != 0 || !strings.Contains(out, "no TLS-RPT reports") {
+		t.Errorf("empty: %d %s", code, out)
+	}
+	st := &tlsrpt.Store{Dir: relay.TLSRPTDir(spool), Org: "relay.test"}
+	day := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	desc := tlsrpt.PolicyDesc{Type: tlsrpt.NoPolicyFound}
+	st.Record(tlsrpt.Session{Time: day, Domain: "rpt.test", Policy: desc})
+	st.Record(tlsrpt.Session{Time: day, Domain: "rpt.test", Policy: desc, Result: policy.ResultCertExpired, ReceivingMX: "mx.rpt.test", Reason: "expired"})
+	st.Record(tlsrpt.Session{Time: day.Add(24 * time.Hour), Domain: "rpt.test", Policy: desc})
+
+	out, code := run()
+	if code != 0 || !strings.Contains(out, "2026-11-28  rpt.test") || !strings.Contains(out, "2026-11-29  rpt.test") {
+		t.Errorf("list: %d\n%s", code, out)
+	}
+	out, code = run("rpt.test", "2026-11-28")
+	var rep tlsrpt.Report
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil || rep.Policies[0].Summary.Successful != 1 || rep.Policies[0].Summary.Failed != 1 {
+		t.Errorf("print: %d %v\n%s", code, err, out)
+	}
+	if out, code = run("rpt.test"); code != 0 || !strings.Contains(out, `"start-datetime": "2026-11-29T00:00:00Z"`) {
+		t.Errorf("latest: %d\n%s", code, out)
+	}
+	if _, code = run("other.test"); code != 1 {
+		t.Errorf("no report: exit %d", code)
+	}
+}
