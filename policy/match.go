@@ -40,4 +40,3 @@ func isDomainName(s string) bool {
 	}
 	return true
 }
-
