@@ -286,5 +286,13 @@ func (t *Table) Route(sender Sender, domain string) Route {
 	return r
 }
 
+// Claims reports whether any destination claims domain for some sender.
+func (t *Table) Claims(domain string) bool {
+	domain = strings.TrimSuffix(strings.ToLower(domain), ".")
+	found := false
+	t.walk(domain, func(string, []claim) bool { found = true; return false })
+	return found && domain != ""
+}
+
 // Destinations returns every destination, in configuration order.
 func (t *Table) Destinations() []*Destination { return t.all }

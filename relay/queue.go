@@ -31,7 +31,7 @@ type queue struct {
 	waiting map[string]map[string]bool
 	// nwaiting counts the entries of waiting, read without the lock.
 	nwaiting atomic.Int64
-	// down holds the suspended destinations, by name; ndown counts them.
+	// down holds the suspended hops, by HopName; ndown counts them.
 	down  map[string]downDest
 	ndown atomic.Int64
 	// released is when each destination last released its waiting ones.
@@ -369,15 +369,16 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 	groups := map[*policy.Destination][]int{}
 	var order []*policy.Destination
 	now := r.now()
+	sender := senderOf(msg.From)
 	for i, rc := range st.Recipients {
 		if rc.Status != spool.StatusPending || tried[i] {
 			continue
 		}
-		dest := cfg.Table.Lookup(domainOf(rc.Addr))
+		dest := cfg.Table.Choose(sender, domainOf(rc.Addr))
 		if dest == nil {
 			tried[i] = true
 			st.Recipients[i].Class = string(policy.NoRoute)
-			st.Recipients[i].Reason = "no [[destination]] claims this domain any more"
+			st.Recipients[i].Reason = "no [[destination]] claims this domain (for this sender) any more"
 			st.Recipients[i].Fix = "add a [[destination]] for the domain (and reload), or delete the message"
 			st.Recipients[i].When = now
 			continue
@@ -412,11 +413,21 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 		if o.failure != nil {
 			result = string(o.failure.Class)
 		}
-		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: dest.Upstream, Result: result}
+		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: o.via().Upstream, Result: result}
 		if o.failure != nil {
 			a.Detail = o.failure.Detail
 			if waitsForDestination(o.failure.Class) {
 				r.queue.waitFor(id, dest.Name())
+			}
+		}
+		if len(o.tries) > 1 {
+			// The state names each hop tried and why each one failed.
+			for _, t := range o.tries[:len(o.tries)-1] {
+				st.AddAttempt(spool.Attempt{At: a.At, Destination: dest.Name(), Upstream: t.hop.Upstream,
+					Result: string(t.failure.Class), Detail: t.failure.Detail})
+			}
+			if o.failure != nil {
+				a.Detail = o.tries[len(o.tries)-1].failure.Detail
 			}
 		}
 		st.AddAttempt(a)

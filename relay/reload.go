@@ -80,7 +80,7 @@ func (r *Relay) Reload(next *config.Config) {
 	r.gates.Store(&gs)
 	r.cfg.Store(next)
 	waited := retire(old, gs, retireGrace)
-	closed := r.pool.Prune(func(d *policy.Destination) bool { return gs[d] != nil })
+	closed := r.pool.Prune(func(hop *policy.Destination) bool { return gs[hop.Parent()] != nil })
 	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level
