@@ -110,8 +110,16 @@ type Destination struct {
 // Spec returns the configuration the destination was compiled from.
 func (d *Destination) Spec() Spec { return d.spec }
 
-// Name is how logs and replies refer to the destination: its first domain.
-func (d *Destination) Name() string { return d.Domains[0] }
+// Name is how logs, replies, metrics and the queue refer to the
+// destination: its first domain, and for one chosen by sender also its
+// first sender pattern ("example.com from *@alerts.example.com"), so that
+// destinations sharing a recipient domain keep apart.
+func (d *Destination) Name() string {
+	if len(d.Senders) > 0 {
+		return d.Domains[0] + " from " + d.Senders[0].String()
+	}
+	return d.Domains[0]
+}
 
 // Hops returns the destination's next hops in the order they are tried;
 // the first is d itself. For a hop it returns the hops of its destination.

@@ -16,6 +16,8 @@ Usage:
   tlsrelay demo [-listen ADDR]      run the whole path on this machine, nothing external needed
   tlsrelay check -config FILE DOMAIN   probe the upstream of DOMAIN with its policy; never sends mail
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
+  tlsrelay route [-config FILE] [-json] SENDER RECIPIENT...
+                                    which destination each recipient goes to, and why; sends nothing
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
   tlsrelay queue [-config FILE] list|show|retry|hold|release|delete|bounce [ID|-all]
@@ -49,6 +51,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdPasswd(args[1:], stdin, stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "route":
+		return cmdRoute(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "config":
