@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/limit"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
@@ -31,6 +32,10 @@ type outcome struct {
 	tls       tls.ConnectionState
 	upReply   string // the upstream's reply to DATA
 	delivered bool
+	// limited: a limit of dest (max_connections, max_messages_per_minute)
+	// kept the attempt from starting; nothing else here is set. The queue
+	// keeps the message waiting, without counting an attempt.
+	limited *limit.OverError
 	// superseded: dest was replaced by a reload before the message went
 	// (or while it went, see policygate.go); nothing else here is set.
 	// The queue routes the recipients again; a reject-mode client is asked
@@ -88,6 +93,13 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		return o
 	}
 	defer fl.done()
+	release, over := r.takeLimit(fl.ctx, env.ID, dest, allOrNothing)
+	if over != nil {
+		o.limited = over
+		r.log.Debug("not tried now: the destination's limit is reached", "id", env.ID, "destination", dest.Name(), "limit", over.Error())
+		return o
+	}
+	defer release()
 	hops := dest.Hops()
 	var tries []hopTry
 	for i, hop := range hops {
@@ -162,6 +174,11 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 		*o = outcome{dest: dest, hop: hop, rcpts: rcpts, superseded: true}
 		log.Info("stopped: the destination's policy was replaced by a reload", "error", err)
 		return true
+	}
+	if dest.Limits.MaxConnections > 0 && len(dest.Hops()) > 1 {
+		// Idle connections to the destination's other hops count
+		// against max_connections too: close them before opening one here.
+		r.pool.Prune(func(h *policy.Destination) bool { return h.Parent() != dest || h == hop })
 	}
 	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), hop)
 	if err != nil {
@@ -251,6 +268,10 @@ func logFailure(log *slog.Logger, msg string, f *policy.Failure) {
 func (o *outcome) reply() error {
 	if o.superseded {
 		return policyChanged(o.dest)
+	}
+	if o.limited != nil {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: clip(fmt.Sprintf("%s: the relay's limit towards this destination is reached: %s; nothing was sent, try again later", o.dest.Name(), o.limited), 490)}
 	}
 	if o.failure == nil && len(o.refused) == 0 && o.delivered {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},

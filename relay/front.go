@@ -172,6 +172,12 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
 	}
+	if dest.OnFailure == policy.Reject && dest.Limits.MaxRecipientsPerMessage > 0 && len(s.rcpts) >= dest.Limits.MaxRecipientsPerMessage {
+		// A reject-mode transaction goes upstream as one transaction, so
+		// that the one reply is true for every recipient.
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+			Message: "Too many recipients for " + dest.Name() + " in one transaction (max_recipients_per_message); send the remaining recipients in another transaction"}
+	}
 	if err := s.envelopeRoom(to); err != nil {
 		return err
 	}

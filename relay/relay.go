@@ -65,6 +65,9 @@ type Relay struct {
 	// policygate.go); reloading serializes reloads.
 	gates     atomic.Pointer[gates]
 	reloading sync.Mutex
+	// limits holds each limited destination's *limit.Gate, by
+	// *policy.Destination (see limits.go).
+	limits sync.Map
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP

@@ -81,6 +81,7 @@ func (r *Relay) Reload(next *config.Config) {
 	r.cfg.Store(next)
 	waited := retire(old, gs, retireGrace)
 	closed := r.pool.Prune(func(hop *policy.Destination) bool { return gs[hop.Parent()] != nil })
+	r.forgetLimits(func(d *policy.Destination) bool { return gs[d] != nil })
 	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level

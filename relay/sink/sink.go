@@ -77,6 +77,7 @@ type Sink struct {
 	count    int
 	sessions int
 	live     map[*trackedConn]bool // open connections
+	peak     int                   // the most connections open at once
 	arrived  chan struct{}
 	// stream is go-smtp's debug stream, with RecordCommands.
 	stream bytes.Buffer
@@ -214,6 +215,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		l.sink.live = map[*trackedConn]bool{}
 	}
 	l.sink.live[tc] = true
+	l.sink.peak = max(l.sink.peak, len(l.sink.live))
 	l.sink.mu.Unlock()
 	return tc, nil
 }
@@ -237,6 +239,13 @@ func (s *Sink) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sessions
+}
+
+// PeakSessions returns the most connections that were open at once.
+func (s *Sink) PeakSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
 }
 
 // Count returns the number of messages received, kept or discarded.
