@@ -45,10 +45,10 @@ func (d *Destination) compileRouting(s Spec) []error {
 	switch s.HeaderFrom {
 	case "", "keep":
 	case "rewrite":
-		if s.EnvelopeFrom == "" {
-			errs = append(errs, fieldErr("header_from", `"rewrite" replaces the From header's address with envelope_from, which is not set; set envelope_from = "app@contoso.com" too`))
-		}
-		d.Rewrite.HeaderFrom = true
+		// Not built yet: the rewrite must happen before the DKIM signature
+		// the relay adds is made (see README), and a key the relay would
+		// ignore must not load.
+		errs = append(errs, fieldErr("header_from", `"rewrite" is not available in this version; only envelope_from is applied (the From header is sent as the application wrote it); remove header_from or set it to "keep"`))
 	default:
 		errs = append(errs, fieldErr("header_from", "%q is not a choice; write \"rewrite\" (replace the From address with envelope_from) or \"keep\" (the default)", s.HeaderFrom))
 	}

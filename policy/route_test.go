@@ -154,8 +154,8 @@ func TestHops(t *testing.T) {
 // TestRoutingKeys: senders, limits and rewriting are checked at load.
 func TestRoutingKeys(t *testing.T) {
 	d := mustCompile(t, Spec{Domains: []string{"x.test"}, MaxConnections: 3, MaxMessagesPerMinute: 60, MaxRecipientsPerMessage: 100,
-		EnvelopeFrom: "App@Contoso.COM", HeaderFrom: "rewrite"})
-	if d.Limits != (Limits{3, 60, 100}) || d.Rewrite.EnvelopeFrom != "App@contoso.com" || !d.Rewrite.HeaderFrom {
+		EnvelopeFrom: "App@Contoso.COM", HeaderFrom: "keep"})
+	if d.Limits != (Limits{3, 60, 100}) || d.Rewrite.EnvelopeFrom != "App@contoso.com" || d.Rewrite.HeaderFrom {
 		t.Errorf("compiled: %+v %+v", d.Limits, d.Rewrite)
 	}
 	for key, s := range map[string]Spec{
@@ -163,7 +163,7 @@ func TestRoutingKeys(t *testing.T) {
 		"max_connections":            {MaxConnections: -1},
 		"max_messages_per_minute":    {MaxMessagesPerMinute: 1 << 30},
 		"envelope_from":              {EnvelopeFrom: "*@contoso.com"},
-		"header_from":                {HeaderFrom: "rewrite"},
+		"header_from":                {HeaderFrom: "rewrite", EnvelopeFrom: "a@b.test"}, // not built yet: refused, never ignored
 		"max_recipients_per_message": {MaxRecipientsPerMessage: -5},
 	} {
 		s.Domains, s.Upstream = []string{"x.test"}, "mx:25"

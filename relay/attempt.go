@@ -159,10 +159,17 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 	}
 	start := time.Now()
 	defer func() {
-		if !o.superseded {
-			r.queue.tried(hop.HopName(), o.failure, time.Since(start))
-			r.countAttempt(env, o)
+		if o.superseded {
+			return
 		}
+		if named, ok := throttleOf(o.failure); ok {
+			until := r.queue.throttle(hop.HopName(), o.failure, named)
+			r.metrics.Throttles.WithLabelValues(dest.Name(), hop.Upstream).Inc()
+			log.Warn("upstream throttles; backing off", "until", until.UTC().Format(time.RFC3339), "detail", o.failure.Detail)
+		} else {
+			r.queue.tried(hop.HopName(), o.failure, time.Since(start))
+		}
+		r.countAttempt(env, o)
 	}()
 	// superseded turns a failure that a reload caused (it cancelled the
 	// attempt, or retired dest before the transaction began) into a
@@ -194,7 +201,13 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 		superseded(nil)
 		return o
 	}
-	res, err := conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+	// envelope_from replaces MAIL FROM on the wire only: the spool keeps
+	// the original sender, so the relay's DSNs still go to it.
+	from := env.From
+	if dest.Rewrite.EnvelopeFrom != "" {
+		from = dest.Rewrite.EnvelopeFrom
+	}
+	res, err := conn.Send(ctx, from, rcpts, body, allOrNothing)
 	if reused && errors.Is(err, upstream.ErrConnStale) {
 		// The upstream closed the idle connection; nothing of this message
 		// was sent, so it goes once more over a freshly verified one.
@@ -214,7 +227,7 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 			return o
 		}
 		reused = false
-		res, err = conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+		res, err = conn.Send(ctx, from, rcpts, body, allOrNothing)
 	}
 	o.tls = conn.TLS
 	o.refused = res.Refused

@@ -36,16 +36,28 @@ func (r *Relay) takeLimit(ctx context.Context, id string, dest *policy.Destinati
 	if g == nil {
 		return func() {}, nil
 	}
+	name := dest.Name()
+	gauges := func() {
+		r.metrics.ConnectionsInUse.WithLabelValues(name).Set(float64(g.InUse()))
+		r.metrics.LimitWaiting.WithLabelValues(name).Set(float64(g.Waiting()))
+	}
+	counted := func(release func(), over *limit.OverError) (func(), *limit.OverError) {
+		gauges()
+		if over != nil {
+			return nil, over
+		}
+		return func() { release(); gauges() }, nil
+	}
 	if wait {
-		return g.Acquire(ctx, rejectLimitWait, time.Now)
+		return counted(g.Acquire(ctx, rejectLimitWait, time.Now))
 	}
 	for {
 		release, over := g.TryAcquire(time.Now())
 		if over == nil || over.Limit != "max_connections" {
-			return release, over
+			return counted(release, over)
 		}
 		if g.Notify(func() { r.queue.schedule(id, 0) }) {
-			return nil, over
+			return counted(nil, over)
 		}
 		// A connection was given back meanwhile: try again.
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"tlsrelay/relay/sink"
 )
 
@@ -55,5 +57,35 @@ func TestSenderRoutes(t *testing.T) {
 	_, err = submit(tr.Addr().String(), "", []string{"rcpt@example.test"}, testBody)
 	if smtpCode(err) != 550 {
 		t.Errorf("the null sender matches no senders: %v, want 550", err)
+	}
+}
+
+// TestEnvelopeFromRewrite: envelope_from replaces MAIL FROM upstream; the
+// body (and so a DKIM signature over it) is untouched, and the DSN of a
+// failed recipient goes to the original sender.
+func TestEnvelopeFromRewrite(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate(),
+		Refuse: func(rcpt string) *smtp.SMTPError {
+			if strings.HasPrefix(rcpt, "nobody@") {
+				return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+			}
+			return nil
+		}})
+	bounces := startSink(t, sink.Options{Cert: p.leaf(t, "mx.sender.test").TLSCertificate()})
+	tr := startRelay(t, baseConfig(t.TempDir())+
+		destination("example.test", up.Addr(), p.caFile, "mx.example.test", `envelope_from = "mailbox@contoso.test"`)+
+		destination("sender.test", bounces.Addr(), p.caFile, "mx.sender.test"))
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test", "nobody@example.test"}, testBody); err != nil {
+		t.Fatal(err)
+	}
+	if !up.Wait(1, 10*time.Second) || !bounces.Wait(1, 10*time.Second) {
+		t.Fatalf("upstream got %d, the sender's domain %d", up.Count(), bounces.Count())
+	}
+	if m := up.Messages()[0]; m.From != "mailbox@contoso.test" || string(m.Data) != testBody {
+		t.Errorf("upstream saw MAIL FROM %q and body changed=%v", m.From, string(m.Data) != testBody)
+	}
+	if d := bounces.Messages()[0]; d.From != "" || len(d.To) != 1 || d.To[0] != "app@sender.test" {
+		t.Errorf("DSN from %q to %v, want from <> to the original sender", d.From, d.To)
 	}
 }

@@ -43,11 +43,21 @@ import (
 // at least this long.
 const slowConnect = time.Second
 
+// An upstream that throttles (see throttleOf) is backed off the same way,
+// as a whole: for the time its reply names, else for retry_min, doubling
+// while it keeps throttling up to retry_max. Attempts meanwhile use the
+// destination's next hop; with every hop backing off, the mail waits in
+// the queue. Issue 17 is to extend this one mechanism to every failure of
+// a destination: suspend, probe, resume are the whole API.
+
 // downDest is a suspended hop.
 type downDest struct {
 	until   time.Time
 	failure *policy.Failure
 	probing bool // an attempt past until is under way
+	// throttles counts the throttling replies in a row (0: suspended
+	// after a timeout).
+	throttles int
 }
 
 // suspended returns the verdict to skip hop (a HopName) with, without
@@ -67,7 +77,11 @@ func (q *queue) suspended(hop string) *policy.Failure {
 	}
 	if now.Before(d.until) || d.probing {
 		f := *d.failure
-		f.Detail += "; not tried again until " + d.until.UTC().Format("15:04:05 UTC") + " (upstream suspended after this failure)"
+		why := "upstream suspended after this failure"
+		if d.throttles > 0 {
+			why = "the upstream throttles; backing off"
+		}
+		f.Detail += "; not tried again until " + d.until.UTC().Format("15:04:05 UTC") + " (" + why + ")"
 		return &f
 	}
 	d.probing = true
@@ -101,6 +115,34 @@ func (q *queue) tried(hop string, f *policy.Failure, took time.Duration) {
 		delete(q.down, hop)
 		q.ndown.Add(-1)
 	}
+}
+
+// throttle backs hop off after it throttled (f): until the time named
+// (when named > 0), else for retry_min doubled per throttle in a row, at
+// most retry_max. It returns until when.
+func (q *queue) throttle(hop string, f *policy.Failure, named time.Duration) time.Time {
+	cfg := q.r.Config().Queue
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.down == nil {
+		q.down = map[string]downDest{}
+	}
+	d, ok := q.down[hop]
+	if !ok {
+		q.ndown.Add(1)
+	}
+	n := d.throttles + 1
+	wait := named
+	if wait <= 0 {
+		wait = cfg.RetryMin.Duration
+		for i := 1; i < n && wait < cfg.RetryMax.Duration; i++ {
+			wait *= 2
+		}
+		wait = min(wait, cfg.RetryMax.Duration)
+	}
+	until := q.r.now().Add(wait)
+	q.down[hop] = downDest{until: until, failure: f, throttles: n}
+	return until
 }
 
 // resume ends every suspension: an operator asked for a retry, or a reload

@@ -26,7 +26,6 @@ senders = ["billing@example.com"]
 upstream = "smtp.office365.com:587"
 max_connections = 3
 envelope_from = "billing@contoso.com"
-header_from = "rewrite"
 
 [[destination]]
 domains = ["*"]
@@ -73,7 +72,7 @@ func TestRouteExplainsPrecedence(t *testing.T) {
 			`#3 * from *@alerts.example.com by "*": not a candidate: none of its senders matches`,
 			`1. smtp.office365.com:587 (require_hostname=smtp.office365.com server_name=smtp.office365.com)`,
 			`limits:      max_connections=3 max_messages_per_minute=none`,
-			`rewrite:     envelope_from=billing@contoso.com header_from=rewrite`,
+			`rewrite:     envelope_from=billing@contoso.com`,
 			`tls:         tls=starttls min_tls=1.2 trust=system roots pins=none`}},
 		{"<>", "someone@example.net", []string{
 			`someone@example.net from <>: destination #1 *`,

@@ -24,6 +24,10 @@ type Metrics struct {
 	Reloads          *prometheus.CounterVec
 	LastReload       prometheus.Gauge
 	LastReloadResult prometheus.Gauge
+	// Per destination limits and throttling.
+	LimitWaiting     *prometheus.GaugeVec   // destination: messages waiting for a limit
+	ConnectionsInUse *prometheus.GaugeVec   // destination: connections taken under max_connections
+	Throttles        *prometheus.CounterVec // destination, upstream: throttling replies
 }
 
 // QueueStats reports the queue's size and its oldest message, at scrape.
@@ -54,6 +58,12 @@ func New(queue QueueStats) *Metrics {
 		LastReloadResult: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tlsrelay_config_last_reload_successful",
 			Help: "1 if the last configuration reload succeeded, 0 if it was refused."}),
 	}
+	m.LimitWaiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_limit_waiting_messages",
+		Help: "Messages waiting for a limit of the destination (max_connections, max_messages_per_minute)."}, []string{"destination"})
+	m.ConnectionsInUse = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_connections_in_use",
+		Help: "Connections to a limited destination's upstreams in use."}, []string{"destination"})
+	m.Throttles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_upstream_throttles_total",
+		Help: "Times an upstream throttled the relay and was backed off."}, []string{"destination", "upstream"})
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
 	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_oldest_message_age_seconds",
@@ -65,7 +75,7 @@ func New(queue QueueStats) *Metrics {
 		return time.Since(t).Seconds()
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
-		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest,
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.LimitWaiting, m.ConnectionsInUse, m.Throttles,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")
