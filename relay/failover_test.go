@@ -186,4 +186,3 @@ func TestSuspendedPrimaryIsSkipped(t *testing.T) {
 		t.Errorf("log does not say the primary was skipped:\n%s", tr.logs.String())
 	}
 }
-

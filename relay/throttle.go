@@ -22,9 +22,10 @@ var throttleWords = []string{"too many connections", "too many messages", "rate 
 var namedWait = regexp.MustCompile(`(?i)\b(?:in|after|wait)\s+(\d{1,5})\s*(seconds?|secs?|s|minutes?|mins?|m)\b`)
 
 // throttleOf reports whether f, a failure of a whole transaction, is the
-// upstream throttling the relay: a 421 (greeting or any reply), or a 4xx
-// with a 4.7.x or 4.3.2 code or words such as "too many connections",
-// "rate limit", "try again later". named is the wait the reply names, 0
+// upstream throttling the relay: a 421 (greeting or any reply), a 4.3.2,
+// or a 4xx (typically 4.7.x) whose text says so: "too many connections",
+// "rate limit", "try again later". Greylisting ("451 4.7.1 greylisted")
+// is not throttling. named is the wait the reply names, 0
 // when it names none.
 func throttleOf(f *policy.Failure) (named time.Duration, ok bool) {
 	if f == nil || f.Class != policy.UpstreamTemporary {
@@ -35,7 +36,9 @@ func throttleOf(f *policy.Failure) (named time.Duration, ok bool) {
 		return 0, false
 	}
 	text := strings.ToLower(se.Message)
-	ok = se.Code == 421 || se.EnhancedCode[0] == 4 && se.EnhancedCode[1] == 7 || se.EnhancedCode == smtp.EnhancedCode{4, 3, 2}
+	// A 4.7.x code alone is not enough: greylisting (451 4.7.1) is about
+	// one message, and must not back off the hop for every other one.
+	ok = se.Code == 421 || se.EnhancedCode == smtp.EnhancedCode{4, 3, 2}
 	for _, w := range throttleWords {
 		ok = ok || strings.Contains(text, w)
 	}

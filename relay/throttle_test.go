@@ -56,6 +56,7 @@ func TestThrottleReplies(t *testing.T) {
 		{450, smtp.EnhancedCode{4, 2, 0}, "Rate limit reached, wait 5 minutes", true, 5 * time.Minute},
 		{451, smtp.EnhancedCode{4, 3, 0}, "local error in processing", false, 0},
 		{450, smtp.EnhancedCode{4, 2, 1}, "mailbox busy", false, 0},
+		{451, smtp.EnhancedCode{4, 7, 1}, "greylisted, try later", false, 0},
 	} {
 		f := &policy.Failure{Class: policy.UpstreamTemporary, Err: &smtp.SMTPError{Code: tc.code, EnhancedCode: tc.enh, Message: tc.text}}
 		named, ok := throttleOf(f)
