@@ -17,6 +17,8 @@ Usage:
   tlsrelay check -config FILE [-auth] DOMAIN
                                     probe the upstream of DOMAIN with its policy (-auth: log in too); never sends mail
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
+  tlsrelay route [-config FILE] [-json] SENDER RECIPIENT...
+                                    which destination each recipient goes to, and why; sends nothing
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
   tlsrelay queue [-config FILE] list|show|retry|hold|release|delete|bounce [ID|-all]
@@ -56,6 +58,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdOAuth(args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "route":
+		return cmdRoute(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
 	case "config":

@@ -330,6 +330,16 @@ func (c *Config) checkDestinations(src string, p *problems) {
 			index = slices.Delete(index, de.Then, de.Then+1)
 			continue
 		}
+		var ae *policy.AmbiguousRouteError
+		if errors.As(err, &ae) {
+			amb := *ae
+			amb.First, amb.Then = index[ae.First], index[ae.Then]
+			p.add(newError(c.Path, lineOf(src, "destination", amb.Then, "senders"),
+				fmt.Sprintf("destination[%d].senders", amb.Then+1), amb.Error()))
+			dests = slices.Delete(dests, ae.Then, ae.Then+1)
+			index = slices.Delete(index, ae.Then, ae.Then+1)
+			continue
+		}
 		if err != nil {
 			p.add(&Error{File: c.Path, Msg: err.Error()})
 		}
