@@ -31,6 +31,7 @@ type Config struct {
 	Metrics     Metrics        `toml:"metrics"`
 	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
+	Sendmail    Sendmail       `toml:"sendmail"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -154,7 +155,8 @@ func Default() *Config {
 			UpstreamIdleTimeout: Duration{30 * time.Second},
 			UpstreamMaxMessages: 1000,
 		},
-		Log: Log{Level: "info", Format: "auto"},
+		Log:      Log{Level: "info", Format: "auto"},
+		Sendmail: DefaultSendmail(),
 	}
 }
 
@@ -287,6 +289,9 @@ func (c *Config) check(src string) error {
 	}
 	if q.Workers <= 0 || q.Workers > 1024 {
 		return bad("queue", "workers", "must be between 1 and 1024")
+	}
+	if err := c.checkSendmail(bad); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
