@@ -397,3 +397,20 @@ func TestServeTellsSystemdWhenReady(t *testing.T) {
 	}
 	c.Close()
 }
+
+// TestMailqIsQueueList: run under the name mailq, tlsrelay lists the queue.
+func TestMailqIsQueueList(t *testing.T) {
+	f := newSendmailFixture(t)
+	mailq := filepath.Join(filepath.Dir(f.sendmail), "mailq")
+	if err := os.Symlink(binary, mailq); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(mailq, "-config", f.cfg).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "empty") && !strings.Contains(string(out), "ID") {
+		t.Fatalf("mailq: %v\n%s", err, out)
+	}
+	want, _ := exec.Command(binary, "queue", "-config", f.cfg, "list").CombinedOutput()
+	if string(out) != string(want) {
+		t.Errorf("mailq printed %q, queue list %q", out, want)
+	}
+}
