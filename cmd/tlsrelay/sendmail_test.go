@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"tlsrelay/relay/drop"
 	"tlsrelay/relay/sink"
 )
 
@@ -413,4 +415,90 @@ func TestMailqIsQueueList(t *testing.T) {
 	if string(out) != string(want) {
 		t.Errorf("mailq printed %q, queue list %q", out, want)
 	}
+}
+
+// TestDroppedMessagesMeetTheFrontDoorRules: a local user may write
+// anything into the drop directory, so what the relay imports is checked
+// as a message from an SMTP client is: a bare CR, a message over
+// max_message_bytes and a domain no destination claims are refused (set
+// aside in refused/, with the reason in the log) and never delivered; a
+// proper message next to them goes.
+func TestDroppedMessagesMeetTheFrontDoorRules(t *testing.T) {
+	f := newSendmailFixture(t)
+	b, _ := os.ReadFile(f.cfg)
+	writeConfigFile(t, f.cfg, strings.Replace(string(b), `hostname = "relay.e2e.test"`, "hostname = \"relay.e2e.test\"\nmax_message_bytes = 4096", 1))
+	if err := drop.PrepareDir(f.dropDir); err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		env  drop.Envelope
+		body string
+		why  string
+	}{
+		{drop.Envelope{From: "a@legacy.test", Recipients: []string{"x@e2e.test"}}, "Subject: cr\r\n\r\nhidden\rMAIL FROM:<x>\r\n", "bare CR or LF"},
+		{drop.Envelope{From: "a@legacy.test", Recipients: []string{"x@e2e.test"}}, "Subject: big\r\n\r\n" + strings.Repeat("0123456789\r\n", 500), "552"},
+		{drop.Envelope{From: "a@legacy.test", Recipients: []string{"x@open-relay.test"}}, "Subject: relay\r\n\r\nx\r\n", "Relaying to open-relay.test denied"},
+	}
+	for _, m := range bad {
+		if _, err := drop.Write(f.dropDir, m.env, []byte(m.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drop.Write(f.dropDir, drop.Envelope{From: "a@legacy.test", Recipients: []string{"good@e2e.test"}}, []byte("Subject: good\r\n\r\nfine\r\n"))
+	p := f.start(t)
+	m := f.one(t)
+	if m.To[0] != "good@e2e.test" {
+		t.Errorf("delivered %v", m.To)
+	}
+	eventuallyTrue(t, "three files in refused/", func() bool {
+		refused, _ := os.ReadDir(filepath.Join(f.dropDir, "refused"))
+		return len(refused) == 3
+	})
+	for _, m := range bad {
+		if !strings.Contains(p.log(), m.why) {
+			t.Errorf("the log does not say %q:\n%s", m.why, p.log())
+		}
+	}
+	if n := f.up.Count(); n != 1 {
+		t.Errorf("%d messages delivered, want only the good one", n)
+	}
+}
+
+// TestSendmailAsAnotherUser is PHP's case: sendmail run by an ordinary
+// user (here nobody) while the relay is down drops into the directory the
+// relay made (3733), and the relay, once up, delivers it and logs the uid.
+func TestSendmailAsAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run sendmail as another user")
+	}
+	f := newSendmailFixture(t)
+	// Let nobody reach the binary and the configuration.
+	for _, d := range []string{filepath.Dir(binary), filepath.Dir(f.cfg), filepath.Dir(filepath.Dir(f.cfg))} {
+		os.Chmod(d, 0o755)
+	}
+	os.Chmod(f.cfg, 0o644)
+	// A relay run made the drop directory; stop it so sendmail must drop.
+	p := f.start(t)
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.cmd.Wait()
+	cmd := exec.Command(binary, "sendmail", "-C", f.cfg, "-i", "php@e2e.test")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.Stdin = strings.NewReader("Subject: from nobody\n\nhi\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail as nobody: %v\n%s", err, out)
+	}
+	if _, err := os.ReadDir(f.dropDir); err != nil {
+		t.Fatal(err)
+	}
+	lister := exec.Command("ls", f.dropDir)
+	lister.SysProcAttr = cmd.SysProcAttr
+	if out, err := lister.CombinedOutput(); err == nil {
+		t.Errorf("another user can list the drop directory: %s", out)
+	}
+	p = f.start(t)
+	m := f.one(t)
+	if m.From != "nobody@relay.e2e.test" {
+		t.Errorf("envelope sender %q, want nobody@relay.e2e.test", m.From)
+	}
+	eventuallyTrue(t, "the import logged", func() bool { return strings.Contains(p.log(), `"uid":65534`) })
 }

@@ -56,6 +56,9 @@ func PrepareDir(dir string) error {
 	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
 		return &DirError{Dir: dir, Msg: fmt.Sprintf("writable by others without the sticky bit (mode %v): anyone could remove or replace another user's message; run chmod 3733 %s", fi.Mode(), dir)}
 	}
+	if fi.Mode().Perm()&0o002 != 0 && fi.Mode()&os.ModeSetgid == 0 && os.Geteuid() != 0 {
+		return &DirError{Dir: dir, Msg: fmt.Sprintf("writable by others without the setgid bit (mode %v): a file another user drops would get that user's group, which the relay cannot read; run chgrp to the relay's group and chmod 3733 %s", fi.Mode(), dir)}
+	}
 	for _, sub := range []string{importingDir, refusedDir} {
 		p := filepath.Join(dir, sub)
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {

@@ -23,6 +23,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Envelope is what SMTP's MAIL and RCPT carry for one dropped message.
@@ -53,7 +55,8 @@ var ErrTooLarge = errors.New("drop: envelope line too long")
 // Write stores a message in the drop directory dir and makes it durable
 // before returning its name: the file is created anew (O_EXCL, never
 // following a symbolic link), written, fsynced, renamed from its tmp.
-// name to its msg. name, and the directory fsynced.
+// name to its msg. name, and the directory fsynced (or, for a caller who
+// may not open the directory, its file system synced).
 func Write(dir string, env Envelope, msg []byte) (string, error) {
 	id := newName()
 	tmp := filepath.Join(dir, tmpPrefix+id)
@@ -87,15 +90,24 @@ func Write(dir string, env Envelope, msg []byte) (string, error) {
 	if err := f.Sync(); err != nil {
 		return "", err
 	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
 	final := filepath.Join(dir, msgPrefix+id)
 	if err := os.Rename(tmp, final); err != nil {
 		return "", err
 	}
 	ok = true
+	defer f.Close()
+	// The new name must be durable too. The drop directory cannot be
+	// opened by other users (it is not listable), so when its fsync is
+	// not allowed, the file system holding it is synced (syncfs) instead.
 	if err := syncDir(dir); err != nil {
+		if !errors.Is(err, os.ErrPermission) {
+			return "", err
+		}
+		if err := unix.Syncfs(int(f.Fd())); err != nil {
+			return "", fmt.Errorf("drop: syncfs: %w", err)
+		}
+	}
+	if err := f.Close(); err != nil {
 		return "", err
 	}
 	return final, nil

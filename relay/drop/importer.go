@@ -150,6 +150,16 @@ func claimTime(name string) string {
 // take it now and the file stays.
 func (im *Importer) importOne(ctx context.Context, name string) error {
 	path := filepath.Join(im.Dir, importingDir, name)
+	// importing/ is the relay's alone: what is there now stays. Nothing
+	// but a regular file is opened (opening a device can have effects).
+	if li, err := os.Lstat(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	} else if !li.Mode().IsRegular() {
+		return im.refuse(name, int(li.Sys().(*syscall.Stat_t).Uid), "not a regular file ("+li.Mode().Type().String()+")")
+	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
