@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -48,6 +49,13 @@ type Spec struct {
 	AuthPasswordFile string   `toml:"auth_password_file"`
 	ClientCertFile   string   `toml:"client_cert_file"`
 	ClientKeyFile    string   `toml:"client_key_file"`
+	// Provider names a preset (microsoft365, gmail) that fills upstream,
+	// tls and the OAuth endpoints and scopes; every value is overridable.
+	Provider string `toml:"provider"`
+	// AuthMechanism is auto, xoauth2, oauthbearer, plain or login.
+	AuthMechanism string `toml:"auth_mechanism"`
+	// OAuth is the [destination.oauth] table.
+	OAuth *OAuthSpec `toml:"oauth"`
 }
 
 // Destination is a compiled, validated policy for a set of recipient
@@ -68,11 +76,21 @@ type Destination struct {
 	AuthUsername    string
 	AuthPassword    Secret
 	ClientCert      *tls.Certificate
-	spec            Spec
+	// Provider is the preset used, if any; OAuth the token configuration
+	// when the destination logs in with OAuth; AuthMechanism the SASL
+	// mechanism asked for.
+	Provider      *Provider
+	OAuth         *OAuth
+	AuthMechanism Mechanism
+	spec          Spec
 	// sessions lets reconnections resume TLS sessions (verification still
 	// runs on every resumed connection, see ClientConfig).
 	sessions tls.ClientSessionCache
 }
+
+// LogsIn reports whether the destination authenticates to its upstream,
+// with a password or with OAuth.
+func (d *Destination) LogsIn() bool { return d.AuthUsername != "" || d.OAuth != nil }
 
 // Spec returns the configuration the destination was compiled from.
 func (d *Destination) Spec() Spec { return d.spec }
@@ -94,26 +112,44 @@ func fieldErr(key, format string, args ...any) *FieldError {
 
 // Compile checks s and builds the Destination it describes. Files it names
 // (ca_file, client certificates, password files) are read now, so a
-// destination that compiles can be used without further surprises.
+// destination that compiles can be used without further surprises. Every
+// key is checked: the error is a *FieldError, or several joined
+// (errors.Join) when several keys are wrong.
 func Compile(s Spec) (*Destination, error) {
 	d := &Destination{spec: s, sessions: tls.NewLRUClientSessionCache(64)}
+	var errs []error
+	fail := func(err error) { errs = append(errs, err) }
 	if len(s.Domains) == 0 {
-		return nil, fieldErr("domains", `at least one recipient domain is required, e.g. domains = ["example.com", ".example.com"]`)
+		fail(fieldErr("domains", `at least one recipient domain is required, e.g. domains = ["example.com", ".example.com"]`))
 	}
 	for _, dom := range s.Domains {
 		p, err := normalizePattern(dom)
 		if err != nil {
-			return nil, fieldErr("domains", "%v", err)
+			fail(fieldErr("domains", "%v", err))
+			continue
 		}
 		d.Domains = append(d.Domains, p)
 	}
 
-	if s.Upstream == "" {
-		return nil, fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587"`)
+	if s.Provider != "" {
+		if prov, ok := Providers[strings.ToLower(s.Provider)]; !ok {
+			fail(fieldErr("provider", "%q is not a known provider; write \"microsoft365\" or \"gmail\", or leave it out and set upstream yourself", s.Provider))
+		} else {
+			d.Provider = prov
+			if s.Upstream == "" {
+				s.Upstream = prov.Upstream
+			}
+			if s.TLS == "" {
+				s.TLS = string(prov.TLS)
+			}
+		}
 	}
 	host, port, err := net.SplitHostPort(s.Upstream)
-	if err != nil || host == "" || port == "" {
-		return nil, fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", s.Upstream)
+	switch {
+	case s.Upstream == "":
+		fail(fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587"`))
+	case err != nil || host == "" || port == "":
+		fail(fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", s.Upstream))
 	}
 	d.Upstream, d.Host = s.Upstream, host
 
@@ -123,9 +159,9 @@ func Compile(s Spec) (*Destination, error) {
 	case "implicit":
 		d.Mode = Implicit
 	case "none", "plain", "off", "false", "skip-verify", "skip_verify", "insecure":
-		return nil, fieldErr("tls", "%q is not offered: tlsrelay never sends mail without verified TLS; use \"starttls\" or \"implicit\", and ca_file or pin_sha256 for a private server", s.TLS)
+		fail(fieldErr("tls", "%q is not offered: tlsrelay never sends mail without verified TLS; use \"starttls\" or \"implicit\", and ca_file or pin_sha256 for a private server", s.TLS))
 	default:
-		return nil, fieldErr("tls", "%q is not a TLS mode; write \"starttls\" or \"implicit\"", s.TLS)
+		fail(fieldErr("tls", "%q is not a TLS mode; write \"starttls\" or \"implicit\"", s.TLS))
 	}
 
 	switch s.MinTLS {
@@ -134,26 +170,28 @@ func Compile(s Spec) (*Destination, error) {
 	case "1.3":
 		d.MinTLS = tls.VersionTLS13
 	case "1.0", "1.1":
-		return nil, fieldErr("min_tls", "%q is refused: TLS 1.0 and 1.1 are broken and deprecated (RFC 8996); write \"1.2\" or \"1.3\", and upgrade a server that cannot do 1.2", s.MinTLS)
+		fail(fieldErr("min_tls", "%q is refused: TLS 1.0 and 1.1 are broken and deprecated (RFC 8996); write \"1.2\" or \"1.3\", and upgrade a server that cannot do 1.2", s.MinTLS))
 	default:
-		return nil, fieldErr("min_tls", "%q is not a TLS version; write \"1.2\" or \"1.3\"", s.MinTLS)
+		fail(fieldErr("min_tls", "%q is not a TLS version; write \"1.2\" or \"1.3\"", s.MinTLS))
 	}
 
 	if s.CAFile != "" {
 		certs, err := loadCAFile(s.CAFile)
 		if err != nil {
-			return nil, fieldErr("ca_file", "%v", err)
-		}
-		d.CAFile, d.Roots, d.rootCerts = s.CAFile, x509.NewCertPool(), certs
-		for _, c := range certs {
-			d.Roots.AddCert(c)
+			fail(fieldErr("ca_file", "%v", err))
+		} else {
+			d.CAFile, d.Roots, d.rootCerts = s.CAFile, x509.NewCertPool(), certs
+			for _, c := range certs {
+				d.Roots.AddCert(c)
+			}
 		}
 	}
 
 	for _, p := range s.PinSHA256 {
 		raw, err := base64.StdEncoding.DecodeString(p)
 		if err != nil || len(raw) != sha256.Size {
-			return nil, fieldErr("pin_sha256", "%q is not a base64 SHA-256 (44 characters ending in '='); get the pin from `tlsrelay check`", p)
+			fail(fieldErr("pin_sha256", "%q is not a base64 SHA-256 (44 characters ending in '='); get the pin from `tlsrelay check`", p))
+			continue
 		}
 		d.Pins = append(d.Pins, p)
 	}
@@ -164,7 +202,8 @@ func Compile(s Spec) (*Destination, error) {
 		for _, h := range s.RequireHostname {
 			p, err := normalizePattern(h)
 			if err != nil || p == "*" {
-				return nil, fieldErr("require_hostname", "%q is not a host name or .suffix", h)
+				fail(fieldErr("require_hostname", "%q is not a host name or .suffix", h))
+				continue
 			}
 			d.RequireHostname = append(d.RequireHostname, p)
 		}
@@ -180,24 +219,38 @@ func Compile(s Spec) (*Destination, error) {
 	case "reject":
 		d.OnFailure = Reject
 	default:
-		return nil, fieldErr("on_failure", "%q is not a failure policy; write \"queue\" or \"reject\"", s.OnFailure)
+		fail(fieldErr("on_failure", "%q is not a failure policy; write \"queue\" or \"reject\"", s.OnFailure))
 	}
 
-	if err := d.compileAuth(s); err != nil {
-		return nil, err
+	// auth_mechanism is judged against the credentials it needs: not when
+	// those did not compile (one mistake, reported once).
+	authErr := d.compileAuth(s)
+	if authErr != nil {
+		fail(authErr)
+	}
+	if err := d.compileOAuth(s, d.Provider); err != nil {
+		fail(err)
+	} else if err := d.compileMechanism(s); err != nil && authErr == nil {
+		fail(err)
 	}
 
 	if (s.ClientCertFile == "") != (s.ClientKeyFile == "") {
-		return nil, fieldErr("client_cert_file", "client_cert_file and client_key_file go together; set both or neither")
-	}
-	if s.ClientCertFile != "" {
+		fail(fieldErr("client_cert_file", "client_cert_file and client_key_file go together; set both or neither"))
+	} else if s.ClientCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.ClientCertFile, s.ClientKeyFile)
 		if err != nil {
-			return nil, fieldErr("client_cert_file", "cannot load the client certificate and key: %v", err)
+			fail(fieldErr("client_cert_file", "cannot load the client certificate and key: %v", err))
+		} else {
+			d.ClientCert = &cert
 		}
-		d.ClientCert = &cert
 	}
-	return d, nil
+	switch len(errs) {
+	case 0:
+		return d, nil
+	case 1:
+		return nil, errs[0]
+	}
+	return nil, errors.Join(errs...)
 }
 
 func (d *Destination) compileAuth(s Spec) error {

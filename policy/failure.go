@@ -33,6 +33,7 @@ const (
 	UpstreamPermanent Class = "upstream_permanent" // the upstream answered 5xx
 	Protocol          Class = "protocol"           // the upstream broke the SMTP dialogue
 	Auth              Class = "auth"               // the upstream refused our login
+	OAuthToken        Class = "oauth_token"        // the token endpoint refused or could not be reached
 	NoRoute           Class = "no_route"           // no destination claims the domain (any more)
 )
 

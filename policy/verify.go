@@ -51,15 +51,18 @@ func (d *Destination) ClientConfig(clock Clock) *tls.Config {
 // VerifyState re-runs the complete verification on an established
 // connection's state. The upstream dialer calls it once more after the
 // handshake as a belt-and-braces check that the connection it is about
-// to use was verified under this exact policy.
-func (d *Destination) VerifyState(cs tls.ConnectionState, clock Clock) error {
+// to use was verified under this exact policy. It returns the chains the
+// connection verified by that pass every check (crypto/tls leaves
+// ConnectionState.VerifiedChains empty, see ClientConfig): the pool bounds
+// a connection's reuse by their earliest notAfter.
+func (d *Destination) VerifyState(cs tls.ConnectionState, clock Clock) ([][]*x509.Certificate, error) {
 	if clock == nil {
 		clock = time.Now
 	}
 	if !cs.HandshakeComplete {
-		return &Failure{Class: Handshake, Host: d.Upstream, Detail: "the TLS handshake did not complete"}
+		return nil, &Failure{Class: Handshake, Host: d.Upstream, Detail: "the TLS handshake did not complete"}
 	}
-	return (&verifier{dest: d, clock: clock}).verify(cs)
+	return (&verifier{dest: d, clock: clock}).verifiedChains(cs)
 }
 
 type verifier struct {
@@ -72,27 +75,34 @@ func (v *verifier) fail(class Class, detail, fix string, err error) *Failure {
 }
 
 func (v *verifier) verify(cs tls.ConnectionState) error {
+	_, err := v.verifiedChains(cs)
+	return err
+}
+
+// verifiedChains performs the complete verification and returns the
+// chains that passed it.
+func (v *verifier) verifiedChains(cs tls.ConnectionState) ([][]*x509.Certificate, error) {
 	d := v.dest
 	if cs.Version < d.MinTLS {
-		return v.fail(TLSVersion,
+		return nil, v.fail(TLSVersion,
 			fmt.Sprintf("the server negotiated %s but the policy requires at least %s", tls.VersionName(cs.Version), tls.VersionName(d.MinTLS)),
 			"upgrade the server's TLS; tlsrelay will not go below min_tls", nil)
 	}
 	sent := cs.PeerCertificates
 	if len(sent) == 0 {
-		return v.fail(Handshake, "the server sent no certificate", "configure a certificate on the server", nil)
+		return nil, v.fail(Handshake, "the server sent no certificate", "configure a certificate on the server", nil)
 	}
 	vc, f := v.chains(sent, v.clock())
 	if f != nil {
-		return f
+		return nil, f
 	}
 	if f := v.checkNames(sent[0]); f != nil {
-		return f
+		return nil, f
 	}
 	if f := v.checkPins(vc, sent[0]); f != nil {
-		return f
+		return nil, f
 	}
-	return nil
+	return vc.strong, nil
 }
 
 // verifiedChains are the chains by which the server's certificate verifies

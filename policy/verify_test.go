@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,7 +50,11 @@ func handshakeState(t *testing.T, d *policy.Destination, cert tls.Certificate, a
 	c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
 	if err == nil {
 		// A connection that succeeds must also pass the re-check.
-		err = d.VerifyState(c.ConnectionState(), func() time.Time { return at })
+		var chains [][]*x509.Certificate
+		chains, err = d.VerifyState(c.ConnectionState(), func() time.Time { return at })
+		if err == nil && len(chains) == 0 {
+			err = errors.New("VerifyState passed the connection but returned no verified chain")
+		}
 		c.Close()
 	}
 	return state, err

@@ -26,6 +26,11 @@ type outcome struct {
 	tls       tls.ConnectionState
 	upReply   string // the upstream's reply to DATA
 	delivered bool
+	// superseded: dest was replaced by a reload before the message went
+	// (or while it went, see policygate.go); nothing else here is set.
+	// The queue routes the recipients again; a reject-mode client is asked
+	// to send it again.
+	superseded bool
 }
 
 // failureFor returns why rcpt was not delivered, or nil if it was.
@@ -45,22 +50,55 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 // attempt opens a verified connection to dest and sends the message to
 // rcpts. With allOrNothing (reject mode) a recipient refused by the
 // upstream stops the whole transaction before DATA, so the client's single
-// reply is true for every recipient.
+// reply is true for every recipient. The attempt runs as a flight of
+// dest's gate: when a reload replaces dest before the transaction begins
+// (or cancels it), the outcome is superseded and nothing else.
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
+	fl := r.admit(ctx, dest)
+	if fl == nil {
+		o.superseded = true
+		log.Info("not tried: the destination's policy was replaced by a reload")
+		return o
+	}
+	defer fl.done()
+	ctx = fl.ctx
 	if f := r.queue.suspended(dest.Name()); f != nil {
 		o.failure = f
 		log.Debug("not tried: the destination is suspended after connection timeouts", "detail", f.Detail)
 		return o
 	}
 	start := time.Now()
-	defer func() { r.queue.tried(dest.Name(), o.failure, time.Since(start)) }()
-	defer r.countAttempt(env, o)
+	defer func() {
+		if !o.superseded {
+			r.queue.tried(dest.Name(), o.failure, time.Since(start))
+			r.countAttempt(env, o)
+		}
+	}()
+	// superseded turns a failure that a reload caused (it cancelled the
+	// attempt, or retired dest before the transaction began) into a
+	// superseded outcome.
+	superseded := func(err error) bool {
+		if err != nil && ctx.Err() == nil || !fl.retired() {
+			return false
+		}
+		*o = outcome{dest: dest, rcpts: rcpts, superseded: true}
+		log.Info("stopped: the destination's policy was replaced by a reload", "error", err)
+		return true
+	}
 	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)
 	if err != nil {
+		if superseded(err) {
+			return o
+		}
 		o.failure = policy.FailureOf(dest.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
+		return o
+	}
+	if !fl.send() {
+		conn.Close()
+		superseded(nil)
 		return o
 	}
 	res, err := conn.Send(ctx, env.From, rcpts, body, allOrNothing)
@@ -70,8 +108,16 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		conn.Close()
 		log.Debug("reused connection was stale; reconnecting")
 		if conn, err = r.dialer().Dial(ctx, dest); err != nil {
+			if superseded(err) {
+				return o
+			}
 			o.failure = policy.FailureOf(dest.Upstream, err)
 			logFailure(log, "delivery attempt failed", o.failure)
+			return o
+		}
+		if fl.retired() {
+			conn.Close()
+			superseded(nil)
 			return o
 		}
 		reused = false
@@ -81,6 +127,9 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	o.refused = res.Refused
 	if err != nil {
 		conn.Close()
+		if superseded(err) {
+			return o
+		}
 		o.failure = policy.FailureOf(dest.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
@@ -98,7 +147,11 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		r.warnExpiry(conn)
 		r.recordExpiry(conn)
 	}
-	r.pool.Put(conn)
+	if fl.retired() {
+		conn.Close() // verified under a policy a reload replaced
+	} else {
+		r.pool.Put(conn)
+	}
 	if n := r.queue.destinationUp(dest.Name(), env.ID); n > 0 {
 		r.log.Info("destination works again; retrying the messages that waited for it now",
 			"destination", dest.Name(), "upstream", dest.Upstream, "messages", n)
@@ -120,6 +173,9 @@ func logFailure(log *slog.Logger, msg string, f *policy.Failure) {
 
 // reply is the answer to DATA for a reject-mode transaction.
 func (o *outcome) reply() error {
+	if o.superseded {
+		return policyChanged(o.dest)
+	}
 	if o.failure == nil && len(o.refused) == 0 && o.delivered {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 			Message: fmt.Sprintf("OK delivered to %s via %s over %s; upstream said: %s",
@@ -136,6 +192,13 @@ func (o *outcome) reply() error {
 		}
 	}
 	return failureReply(o.dest, f)
+}
+
+// policyChanged is the reply in a reject-mode transaction whose
+// destination was replaced by a reload after the transaction chose it.
+func policyChanged(dest *policy.Destination) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: clip("The relay's policy for "+dest.Name()+" changed during this transaction (configuration reloaded); send the message again to have it relayed under the policy now in force", 490)}
 }
 
 // failureReply maps a failure to the SMTP reply a client gets in reject

@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy/certgen"
+	"tlsrelay/relay/oauth/oauthtest"
 	"tlsrelay/relay/sink"
 )
 
@@ -123,3 +124,86 @@ func TestEveryTLSFailureIsNamed(t *testing.T) {
 }
 
 func domainFor(i int) string { return "case" + string(rune('a'+i)) + ".test" }
+
+// TestEveryLoginFailureIsNamed covers the classes of OAuth logins end to
+// end: oauth_token (the token endpoint refused: Entra's AADSTS7000215 for
+// a wrong client secret), auth after a valid token (Exchange's 5.7.139,
+// SMTP AUTH disabled), auth for SendAsDenied at the end of the message,
+// and the working case; each in the reply, the fix and the log.
+func TestEveryLoginFailureIsNamed(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	const name = "mx.example.test"
+	ep, err := oauthtest.Start(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ep.Close() })
+	ep.AddClient("app-ok", "good-secret", "app@sender.test")
+	t.Setenv("GOOD_SECRET", "good-secret")
+	t.Setenv("BAD_SECRET", "not-the-secret")
+	oauthSink := func(o sink.OAuthOptions) *sink.Sink {
+		o.Valid = ep.Valid
+		return startSink(t, sink.Options{Cert: p.leaf(t, name).TLSCertificate(), OAuth: &o})
+	}
+	oauthTable := func(secretEnv string) []string {
+		return []string{`on_failure = "reject"`, `[destination.oauth]`, `flow = "client_credentials"`, `mailbox = "app@sender.test"`,
+			`client_id = "app-ok"`, `client_secret_env = "` + secretEnv + `"`, `token_url = "` + ep.TokenURL() + `"`,
+			`scopes = ["https://outlook.office365.com/.default"]`, `ca_file = "` + ep.CAFile + `"`}
+	}
+	cases := []struct {
+		domain, class string
+		up            *sink.Sink
+		secretEnv     string
+		says          []string
+	}{
+		{"ok.test", "", oauthSink(sink.OAuthOptions{Immediate: true}), "GOOD_SECRET", nil},
+		{"secret.test", "oauth_token", oauthSink(sink.OAuthOptions{}), "BAD_SECRET", []string{"invalid_client", "AADSTS7000215", "create a new client secret"}},
+		{"disabled.test", "auth", oauthSink(sink.OAuthOptions{Immediate: true, After: func(string) *smtp.SMTPError {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."}
+		}}), "GOOD_SECRET", []string{"5.7.139", "Set-TransportConfig -SmtpClientAuthenticationDisabled $false", "Set-CASMailbox -Identity app@sender.test -SmtpClientAuthenticationDisabled $false"}},
+		{"sendas.test", "auth", startSink(t, sink.Options{Cert: p.leaf(t, name).TLSCertificate(), OAuth: &sink.OAuthOptions{Valid: ep.Valid},
+			RefuseMail: func(string) *smtp.SMTPError {
+				return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252}, Message: "SendAsDenied; app@sender.test not allowed to send as other@sender.test"}
+			}}), "GOOD_SECRET", []string{"5.2.252", "send as app@sender.test", "Add-RecipientPermission -Identity <sender> -Trustee app@sender.test -AccessRights SendAs"}},
+	}
+	cfg := baseConfig(t.TempDir())
+	for _, c := range cases {
+		cfg += destination(c.domain, c.up.Addr(), p.caFile, name, oauthTable(c.secretEnv)...)
+	}
+	tr := startRelay(t, cfg)
+	for _, c := range cases {
+		from := "app@sender.test"
+		if c.domain == "sendas.test" {
+			from = "other@sender.test"
+		}
+		_, err := submit(tr.Addr().String(), from, []string{"a@" + c.domain}, testBody)
+		if c.class == "" {
+			if err != nil || c.up.Count() != 1 {
+				t.Fatalf("control case: %v, upstream got %d", err, c.up.Count())
+			}
+			continue
+		}
+		se, ok := err.(*smtp.SMTPError)
+		if !ok || !strings.Contains(se.Message, "failure="+c.class+":") || !strings.Contains(se.Message, "fix:") {
+			t.Errorf("%s: got %v, want a reply naming failure=%s and a fix", c.domain, err, c.class)
+			continue
+		}
+		for _, s := range c.says {
+			if !strings.Contains(se.Message, s) {
+				t.Errorf("%s: reply lacks %q: %s", c.domain, s, se.Message)
+			}
+		}
+		if c.up.Count() != 0 {
+			t.Errorf("%s: upstream received %d messages", c.domain, c.up.Count())
+		}
+		if !strings.Contains(tr.logs.String(), "failure="+c.class) {
+			t.Errorf("%s: no log line with failure=%s", c.domain, c.class)
+		}
+	}
+	logs := tr.logs.String()
+	for _, secret := range append(ep.IssuedTokens(), "good-secret", "not-the-secret") {
+		if strings.Contains(logs, secret) {
+			t.Errorf("a token or secret is in the log: %s...", secret[:4])
+		}
+	}
+}

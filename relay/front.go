@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/address"
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/dsn"
 	"tlsrelay/relay/linecheck"
@@ -32,6 +33,10 @@ func (r *Relay) newServer(cfg *config.Config) *smtp.Server {
 	s.ReadTimeout = cfg.Server.ReadTimeout.Duration
 	s.WriteTimeout = cfg.Server.WriteTimeout.Duration
 	s.ErrorLog = log.New(slogWriter{r.log}, "", 0)
+	// SMTPUTF8 is offered: such a transaction may carry non-ASCII local
+	// parts, and goes upstream with SMTPUTF8 (upstream.Conn.Send refuses
+	// a non-ASCII address for an upstream that does not offer it).
+	s.EnableSMTPUTF8 = true
 	if cfg.TLSCert != nil {
 		s.TLSConfig = &tls.Config{GetCertificate: r.inboundCertificate, MinVersion: tls.VersionTLS12}
 	}
@@ -71,6 +76,9 @@ type session struct {
 	// mode: such a transaction holds recipients of that destination only,
 	// so the one reply to DATA is true for every recipient.
 	reject *policy.Destination
+	// envBytes tallies the encoded size of this transaction's envelope
+	// (see envelopeRoom).
+	envBytes int
 }
 
 func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -97,70 +105,76 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0},
 			Message: "Authentication required (this relay has auth_required = true)"}
 	}
-	if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
-		s.relay.countReject("invalid_address")
-		return err
+	utf8 := opts != nil && opts.UTF8
+	var addr address.Address // the null sender <> when from is ""
+	if from != "" {
+		var err error
+		if addr, err = address.ParseDecoded(from, utf8); err != nil {
+			s.relay.countReject("invalid_address")
+			return addressReply(err, "Sender", 7)
+		}
 	}
-	if s.user != nil && !s.user.MaySend(from) {
-		s.log.Warn("sender refused for user", "from", from)
+	if s.user != nil && !s.user.MayUse(addr) {
+		s.log.Warn("sender refused for user", "from", addr.String())
 		s.relay.countReject("sender_not_allowed")
 		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "User " + s.user.Name + " may not send as <" + from + ">"}
-	}
-	if from != "" && !strings.Contains(from, "@") {
-		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 1, 7},
-			Message: "Sender address must be user@domain (or <> for none)"}
+			Message: "User " + s.user.Name + " may not send as <" + addr.String() + ">"}
 	}
 	s.Reset()
-	s.from, s.hasFrom = from, true
-	s.utf8 = opts != nil && opts.UTF8
+	s.from, s.hasFrom = addr.String(), true
+	s.utf8 = utf8
 	return nil
 }
 
-// checkAddress refuses envelope addresses that could not be relayed
-// faithfully: control characters (a smuggled line break shows up here as
-// NUL, see linecheck) and non-ASCII without SMTPUTF8.
-func checkAddress(addr string, utf8 bool) error {
-	for i := 0; i < len(addr); i++ {
-		c := addr[i]
-		if c < 0x20 || c == 0x7f {
-			return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-				Message: "Address contains a control character (CR, LF or NUL): refused"}
-		}
-		if c >= 0x80 && !utf8 {
-			return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-				Message: "Non-ASCII address without SMTPUTF8: refused"}
-		}
+// addressReply turns an address the parser refused into the reply for
+// it: 501 5.5.2 for a control character and 553 5.6.7 for non-ASCII (as
+// before addresses were parsed), 553 5.1.x for routing forms (the
+// mailbox name is not allowed) and 501 5.1.x for the rest (bad syntax).
+// subject is 3 for a recipient, 7 for a sender (RFC 3463).
+func addressReply(err error, role string, subject int) *smtp.SMTPError {
+	var ae *address.Error
+	if !errors.As(err, &ae) {
+		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, subject}, Message: role + " address refused"}
 	}
-	return nil
+	code, enh := 501, smtp.EnhancedCode{5, 1, subject}
+	switch ae.Reason {
+	case address.ControlChar:
+		enh = smtp.EnhancedCode{5, 5, 2}
+	case address.NonASCII:
+		code, enh = 553, smtp.EnhancedCode{5, 6, 7}
+	case address.Routing:
+		code = 553
+	}
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: role + " address refused: " + ae.Detail}
 }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if err := checkAddress(to, s.utf8); err != nil {
+	addr, err := address.ParseDecoded(to, s.utf8)
+	if err != nil {
 		s.relay.countReject("invalid_address")
-		return err
+		return addressReply(err, "Recipient", 3)
 	}
-	at := strings.LastIndexByte(to, '@')
-	if at <= 0 || at == len(to)-1 {
-		return &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3},
-			Message: "Recipient address must be user@domain"}
-	}
-	domain := to[at+1:]
-	dest := s.relay.lookup(domain)
+	dest := s.relay.lookup(addr.Domain)
 	if dest == nil {
-		s.log.Info("recipient refused: no destination for domain", "domain", domain)
+		s.log.Info("recipient refused: no destination for domain", "domain", addr.Domain)
 		s.relay.countReject("no_destination")
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "Relaying to " + domain + " denied: no [[destination]] in this relay's policy claims that domain"}
+			Message: "Relaying to " + addr.Domain + " denied: no [[destination]] in this relay's policy claims that domain"}
+	}
+	if s.reject != nil && !s.relay.inForce(s.reject) {
+		return policyChanged(s.reject)
 	}
 	if len(s.rcpts) > 0 && (s.reject != nil || dest.OnFailure == policy.Reject) && dest != s.reject {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
 	}
+	if err := s.envelopeRoom(to); err != nil {
+		return err
+	}
 	if dest.OnFailure == policy.Reject {
 		s.reject = dest
 	}
-	s.rcpts = append(s.rcpts, to)
+	s.rcpts = append(s.rcpts, addr.String())
 	return nil
 }
 
@@ -171,6 +185,7 @@ func (s *session) Data(r io.Reader) error {
 		Received:   time.Now().UTC(),
 		Client:     s.client,
 		Helo:       s.helo,
+		UTF8:       s.utf8,
 	}
 	p, err := s.relay.store.Create(env)
 	if err != nil {
@@ -257,7 +272,8 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 		s.log.Error("cannot read back spool file", "id", p.ID(), "error", err)
 		return errSpool
 	}
-	body := upstream.Body{Size: p.WireSize(), Open: func() io.Reader {
+	env := p.Envelope()
+	body := upstream.Body{Size: p.WireSize(), UTF8: env.UTF8, Open: func() io.Reader {
 		r, err := p.Body()
 		if err != nil {
 			return errReader{err}
@@ -267,11 +283,13 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 	cfg := s.relay.Config()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Queue.DeliveryTimeout.Duration)
 	defer cancel()
-	env := p.Envelope()
 	out := s.relay.attempt(ctx, env, dest, env.Recipients, body, true)
-	if out.failure == nil && len(out.refused) == 0 && out.delivered {
+	switch {
+	case out.failure == nil && len(out.refused) == 0 && out.delivered:
 		s.relay.metrics.Accepted.Inc()
-	} else {
+	case out.superseded:
+		s.relay.countReject("policy_changed")
+	default:
 		s.relay.countReject("delivery_failed")
 	}
 	return out.reply()

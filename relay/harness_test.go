@@ -121,12 +121,22 @@ require_hostname = [%q]
 
 func startRelay(t *testing.T, cfgText string) *testRelay {
 	t.Helper()
+	return startRelayAt(t, cfgText, nil)
+}
+
+// startRelayAt is startRelay with a clock the test moves.
+func startRelayAt(t *testing.T, cfgText string, clock *testClock) *testRelay {
+	t.Helper()
 	cfg, err := config.Parse("test.toml", cfgText)
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfgText)
 	}
 	logs := &logBuffer{}
-	r, err := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	opts := Options{Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if clock != nil {
+		opts.Clock = clock.now
+	}
+	r, err := New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,9 @@ import (
 // filterListener is the relay's gatekeeper in front of go-smtp: it turns
 // away clients outside allowed_networks and clients beyond the connection
 // limits, each with a reply that says why, before they can say anything;
-// and it puts the line discipline (linecheck) under every plain session.
+// and it puts the line discipline (linecheck) under every plain session —
+// including one that said STARTTLS, until the server has really started
+// TLS on it (linecheck.Conn watches both sides for that).
 type filterListener struct {
 	net.Listener
 	relay *Relay

@@ -67,6 +67,7 @@ func (q *queue) recover() error {
 	if err != nil {
 		return err
 	}
+	q.reportDamage()
 	now := q.r.now()
 	for _, id := range ids {
 		msg, err := q.r.store.Open(id)
@@ -98,6 +99,21 @@ func (q *queue) recover() error {
 		q.r.log.Info("recovered queued messages", "count", len(ids))
 	}
 	return nil
+}
+
+// reportDamage logs each journal segment that Recover found damaged: an
+// operator should know that the disk lost or mangled data, and where the
+// evidence is.
+func (q *queue) reportDamage() {
+	for _, d := range q.r.store.Damaged() {
+		if d.Err != nil {
+			q.r.log.Error("journal segment damaged: it could not be read to its end nor moved aside; it stays in journal/ (never deleted) and its readable messages are delivered from it",
+				"segment", d.Segment, "recovered", d.Recovered, "unreadable_bytes", d.Unreadable, "error", d.Err)
+			continue
+		}
+		q.r.log.Error("journal segment damaged: it could not be read to its end; its readable messages were saved and will be delivered, and the segment was moved to corrupt/ for inspection",
+			"segment", d.Segment, "moved_to", d.MovedTo, "recovered", d.Recovered, "unreadable_bytes", d.Unreadable)
+	}
 }
 
 func (q *queue) quarantine(id string, err error) {
@@ -323,19 +339,43 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	if st.Held {
 		return time.Time{}, true
 	}
-	cfg := r.Config()
 
-	// Group pending recipients by the destination the current policy
-	// gives them, so a reload re-routes mail on its next attempt.
+	st.Attempts++
+	// tried marks the recipients this run has attempted (or found no
+	// route for); a group whose destination a reload replaced before it
+	// went is not marked, and is routed again under the new policy.
+	tried := make([]bool, len(st.Recipients))
+	for round := 0; round < maxRoutings && ctx.Err() == nil; round++ {
+		if !r.deliverRouted(ctx, msg, &st, tried) {
+			break
+		}
+	}
+	return r.settle(msg, st)
+}
+
+// maxRoutings bounds how often one delivery run routes a message again
+// because reloads keep replacing its destinations; what is left waits for
+// the next run.
+const maxRoutings = 3
+
+// deliverRouted groups the pending, untried recipients of msg by the
+// destination the policy in force gives them (so a reload re-routes mail
+// at its next attempt) and makes one attempt per destination. It reports
+// whether a reload replaced a destination before its attempt went, so
+// that the caller routes those recipients again.
+func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool.State, tried []bool) (again bool) {
+	cfg := r.Config()
+	id := msg.ID
 	groups := map[*policy.Destination][]int{}
 	var order []*policy.Destination
 	now := r.now()
 	for i, rc := range st.Recipients {
-		if rc.Status != spool.StatusPending {
+		if rc.Status != spool.StatusPending || tried[i] {
 			continue
 		}
-		dest := r.lookup(domainOf(rc.Addr))
+		dest := cfg.Table.Lookup(domainOf(rc.Addr))
 		if dest == nil {
+			tried[i] = true
 			st.Recipients[i].Class = string(policy.NoRoute)
 			st.Recipients[i].Reason = "no [[destination]] claims this domain any more"
 			st.Recipients[i].Fix = "add a [[destination]] for the domain (and reload), or delete the message"
@@ -349,7 +389,6 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	}
 	sort.Slice(order, func(a, b int) bool { return order[a].Name() < order[b].Name() })
 
-	st.Attempts++
 	for n, dest := range order {
 		if ctx.Err() != nil {
 			break
@@ -360,8 +399,15 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 			rcpts[k] = st.Recipients[i].Addr
 		}
 		dctx, cancel := context.WithTimeout(ctx, cfg.Queue.DeliveryTimeout.Duration)
-		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body}, false)
+		o := r.attempt(dctx, msg.Envelope, dest, rcpts, upstream.Body{Size: msg.WireSize(), Open: msg.Body, UTF8: msg.UTF8}, false)
 		cancel()
+		if o.superseded {
+			again = true
+			continue
+		}
+		for _, i := range idx {
+			tried[i] = true
+		}
 		result := "delivered"
 		if o.failure != nil {
 			result = string(o.failure.Class)
@@ -388,16 +434,16 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 				}
 			}
 		}
-		if o.delivered && n < len(order)-1 {
+		if o.delivered && (n < len(order)-1 || again) {
 			// Other destinations are still to be tried: record who has it
 			// now, so a crash during those does not send it to them twice.
 			// (After the last one, settle records or removes the message.)
-			if err := r.store.SaveState(id, st); err != nil {
+			if err := r.store.SaveState(id, *st); err != nil {
 				r.log.Error("cannot save queue state", "id", id, "error", err)
 			}
 		}
 	}
-	return r.settle(msg, st)
+	return again
 }
 
 // settle decides what happens after an attempt: done, bounced, or retried

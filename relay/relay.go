@@ -20,6 +20,7 @@ import (
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/metrics"
+	"tlsrelay/relay/oauth"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
@@ -50,6 +51,7 @@ type Relay struct {
 	authFailures failureTracker
 	metrics      *metrics.Metrics
 	pool         *upstream.Pool
+	tokens       *oauth.Registry
 	metricsSrv   *http.Server
 	metricsAddr  net.Addr
 	stopping     atomic.Bool
@@ -59,6 +61,11 @@ type Relay struct {
 	control net.Listener
 	once    sync.Once
 	expiry  expiryWarnings
+
+	// gates admits deliveries under the destinations in force (see
+	// policygate.go); reloading serializes reloads.
+	gates     atomic.Pointer[gates]
+	reloading sync.Mutex
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
@@ -71,6 +78,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	store.SetLogger(opts.Logger)
 	r := &Relay{
 		log:    opts.Logger,
 		store:  store,
@@ -78,10 +86,16 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 		level:  opts.Level,
 		served: make(chan error, 2),
 	}
+	gs := newGates(cfg.Table, nil)
+	r.gates.Store(&gs)
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
-	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages)
+	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
+		cfg.Queue.UpstreamMaxAge.Duration, opts.Clock)
 	r.metrics = metrics.New(r.queue.stats)
+	r.tokens = oauth.NewRegistry(oauth.StatusFileIn(cfg.Queue.Dir))
+	r.tokens.Observe = func(dest, result string) { r.metrics.TokenRequests.WithLabelValues(dest, result).Inc() }
+	r.metrics.TokenExpiry = r.tokens.Expiries
 	r.server = r.newServer(cfg)
 	return r, nil
 }
@@ -227,5 +241,5 @@ func (r *Relay) now() time.Time {
 // dialer returns an upstream dialer for the configuration in force.
 func (r *Relay) dialer() *upstream.Dialer {
 	cfg := r.Config()
-	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock}
+	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock, Tokens: r.tokens}
 }

@@ -1,10 +1,14 @@
 package relay
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/tls"
 	"log/slog"
 	"reflect"
+	"slices"
 
+	"tlsrelay/policy"
 	"tlsrelay/relay/config"
 )
 
@@ -29,7 +33,16 @@ func (r *Relay) ReloadFile(path string) error {
 // policies at its next attempt. Keys that only take effect at a restart
 // (listen addresses, the spool, the number of workers, ...) keep their
 // running values, and the log says which of them changed.
+//
+// A destination whose compiled policy is unchanged stays the same value,
+// with its pooled connections. For one that changed or went away, Reload
+// returns only once nothing is sent under its old policy any more, and
+// after closing its pooled connections (see policygate.go): a queued
+// delivery caught in between is routed again under the new policy, a
+// reject-mode session gets a 451 asking to send the message again.
 func (r *Relay) Reload(next *config.Config) {
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
 	cur := r.Config()
 	var restart []string
 	keep := func(key string, dst, src any) {
@@ -50,6 +63,7 @@ func (r *Relay) Reload(next *config.Config) {
 	keep("queue.workers", &next.Queue.Workers, &cur.Queue.Workers)
 	keep("queue.upstream_idle_timeout", &next.Queue.UpstreamIdleTimeout, &cur.Queue.UpstreamIdleTimeout)
 	keep("queue.upstream_max_messages", &next.Queue.UpstreamMaxMessages, &cur.Queue.UpstreamMaxMessages)
+	keep("queue.upstream_max_age", &next.Queue.UpstreamMaxAge, &cur.Queue.UpstreamMaxAge)
 	keep("metrics.listen", &next.Metrics.Listen, &cur.Metrics.Listen)
 	if (next.TLSCert == nil) != (cur.TLSCert == nil) {
 		// STARTTLS is offered or not from the start; a new certificate for
@@ -58,7 +72,15 @@ func (r *Relay) Reload(next *config.Config) {
 		next.TLSCert = cur.TLSCert
 		next.Server.TLSCertFile, next.Server.TLSKeyFile = cur.Server.TLSCertFile, cur.Server.TLSKeyFile
 	}
+	keepUnchanged(cur.Table, next)
+	old := *r.gates.Load()
+	gs := newGates(next.Table, old)
+	// The gates first: a delivery that finds a new destination in the
+	// configuration finds its gate too.
+	r.gates.Store(&gs)
 	r.cfg.Store(next)
+	waited := retire(old, gs, retireGrace)
+	closed := r.pool.Prune(func(d *policy.Destination) bool { return gs[d] != nil })
 	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level
@@ -68,11 +90,73 @@ func (r *Relay) Reload(next *config.Config) {
 	r.metrics.Reloads.WithLabelValues("success").Inc()
 	r.metrics.LastReload.SetToCurrentTime()
 	r.metrics.LastReloadResult.Set(1)
-	attrs := []any{"file", next.Path, "destinations", len(next.Table.Destinations())}
+	attrs := []any{"file", next.Path, "destinations", len(next.Table.Destinations()),
+		"changed_destinations", countChanged(old, gs), "deliveries_waited_for", waited, "pooled_connections_closed", closed}
 	if len(restart) > 0 {
 		attrs = append(attrs, "needs_restart", restart)
 	}
 	r.log.Info("configuration reloaded", attrs...)
+}
+
+// keepUnchanged puts the destinations of cur whose compiled policy equals
+// one of next's into next's table in place of the new values, so that
+// deliveries, pooled connections and TLS sessions under them go on
+// undisturbed by a reload that did not change them.
+func keepUnchanged(cur *policy.Table, next *config.Config) {
+	byName := map[string]*policy.Destination{}
+	for _, d := range cur.Destinations() {
+		byName[d.Name()] = d
+	}
+	dests := slices.Clone(next.Table.Destinations())
+	kept := 0
+	for i, d := range dests {
+		if old := byName[d.Name()]; old != nil && samePolicy(old, d) {
+			dests[i] = old
+			kept++
+		}
+	}
+	if kept == 0 {
+		return
+	}
+	if t, err := policy.NewTable(dests); err == nil { // the same domains as next's table
+		next.Table = t
+	}
+}
+
+// samePolicy reports whether a and b were compiled to the same policy: the
+// same configuration text and the same contents of the files and
+// variables it names (a reload re-reads them, and a CA file or a password
+// may have changed under the same name).
+func samePolicy(a, b *policy.Destination) bool {
+	if !reflect.DeepEqual(a.Spec(), b.Spec()) || a.AuthPassword != b.AuthPassword {
+		return false
+	}
+	if (a.Roots == nil) != (b.Roots == nil) || a.Roots != nil && !a.Roots.Equal(b.Roots) {
+		return false
+	}
+	return sameCertificate(a.ClientCert, b.ClientCert)
+}
+
+func sameCertificate(a, b *tls.Certificate) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if !slices.EqualFunc(a.Certificate, b.Certificate, bytes.Equal) {
+		return false
+	}
+	k, ok := a.PrivateKey.(interface{ Equal(crypto.PrivateKey) bool })
+	return ok && k.Equal(b.PrivateKey)
+}
+
+// countChanged counts the destinations of old that next does not keep.
+func countChanged(old, next gates) int {
+	n := 0
+	for d, g := range old {
+		if next[d] != g {
+			n++
+		}
+	}
+	return n
 }
 
 // inboundCertificate serves the certificate of the configuration in

@@ -13,6 +13,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/oauth"
 	"tlsrelay/relay/upstream"
 )
 
@@ -22,6 +23,7 @@ const (
 	checkTLSFailure = 1
 	checkUsage      = 2
 	checkNoConnect  = 3
+	checkLogin      = 4
 )
 
 // listFlag collects a flag given several times.
@@ -34,13 +36,17 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("check", stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, `Usage:
-  tlsrelay check -config FILE DOMAIN     probe the upstream the policy gives DOMAIN, with exactly that policy
+  tlsrelay check -config FILE [-auth] DOMAIN
+                                         probe the upstream the policy gives DOMAIN, with exactly that policy
   tlsrelay check [flags] HOST:PORT       probe an upstream without a configuration
 
 It connects, starts TLS, verifies it, says EHLO, and reports; it never sends
-MAIL, RCPT or DATA and never authenticates.
+MAIL, RCPT or DATA. Only with -auth does it log in: it then obtains the
+destination's OAuth token (or uses its password), authenticates over the
+verified TLS, and says QUIT.
 Exit status: 0 verified, 1 TLS failure (class in the output), 2 usage or
-configuration error, 3 could not connect (or the server broke off before TLS).
+configuration error, 3 could not connect (or the server broke off before TLS),
+4 the login failed (-auth; class oauth_token or auth).
 
 Flags:
 `)
@@ -56,6 +62,7 @@ Flags:
 	serverName := fs.String("servername", "", "SNI `name` (default: the host)")
 	fs.Var(&pins, "pin", "require this SPKI `pin` (base64 SHA-256; repeatable)")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of text")
+	withAuth := fs.Bool("auth", false, "after the TLS check, obtain a token and log in (needs -config); never sends MAIL")
 	timeout := fs.Duration("timeout", 20*time.Second, "give up after this `duration`")
 	if err := parseInterspersed(fs, args); err != nil {
 		return checkUsage
@@ -70,6 +77,10 @@ Flags:
 	var dest *policy.Destination
 	var from string
 	localName, _ := os.Hostname()
+	if *withAuth && *cfgPath == "" {
+		fmt.Fprintln(stderr, "tlsrelay check: -auth needs -config (the login comes from the destination's policy)")
+		return checkUsage
+	}
 	if *cfgPath != "" {
 		if *starttls || *implicit || *caFile != "" || len(hostnames) > 0 || len(pins) > 0 || *serverName != "" {
 			fmt.Fprintln(stderr, "tlsrelay check: with -config the policy comes from the file; policy flags are not allowed")
@@ -123,6 +134,10 @@ Flags:
 		in.MissingIssuer = dest.FetchMissingIssuer(ctx, in.Sent, nil, policy.ReachFor(ctx, dest.Upstream))
 	}
 	rep := newCheckReport(p, from)
+	if *withAuth && rep.Verdict == "ok" {
+		dialer.Tokens = oauth.NewRegistry("")
+		rep.checkLogin(dialer.ProbeAuth(ctx, dest))
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -149,6 +164,8 @@ type checkReport struct {
 	Class           string              `json:"class,omitempty"`
 	Detail          string              `json:"detail,omitempty"`
 	Fix             string              `json:"fix,omitempty"`
+	Login           string              `json:"login,omitempty"` // -auth: "ok" or "failed"
+	LoginAs         string              `json:"login_as,omitempty"`
 	ExitCode        int                 `json:"exit_code"`
 	dest            *policy.Destination `json:"-"`
 }
@@ -259,6 +276,9 @@ func (r *checkReport) writeText(w io.Writer) {
 	if len(r.EHLOTLS) > 0 {
 		line("EHLO (TLS)", "%s", strings.Join(r.EHLOTLS, ", "))
 	}
+	if r.Login != "" {
+		line("login", "%s as %s", r.Login, r.LoginAs)
+	}
 	if r.Verdict == "ok" {
 		line("verdict", "OK: mail for this destination would be sent over verified %s", r.TLS.Version)
 		return
@@ -282,3 +302,17 @@ func daysLeft(n int) string {
 }
 
 func tlsVersionName(v uint16) string { return tls.VersionName(v) }
+
+// checkLogin records the result of the -auth login.
+func (r *checkReport) checkLogin(f *policy.Failure) {
+	r.LoginAs = r.dest.AuthUsername
+	if o := r.dest.OAuth; o != nil {
+		r.LoginAs = fmt.Sprintf("%s (OAuth %s)", o.Mailbox, o.Flow)
+	}
+	if f == nil {
+		r.Login = "ok"
+		return
+	}
+	r.Login = "failed"
+	r.Verdict, r.Class, r.Detail, r.Fix, r.ExitCode = "fail", string(f.Class), f.Detail, f.Fix, checkLogin
+}

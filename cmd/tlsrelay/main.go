@@ -15,12 +15,17 @@ const usage = `tlsrelay: a local SMTP relay that only ever sends mail upstream o
 Usage:
   tlsrelay serve [-config FILE]     run the relay
   tlsrelay demo [-listen ADDR]      run the whole path on this machine, nothing external needed
-  tlsrelay check -config FILE DOMAIN   probe the upstream of DOMAIN with its policy; never sends mail
+  tlsrelay check -config FILE [-auth] DOMAIN
+                                    probe the upstream of DOMAIN with its policy (-auth: log in too); never sends mail
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
   tlsrelay queue [-config FILE] list|show|retry|hold|release|delete|bounce [ID|-all]
                                     inspect and change the queue, while the relay runs or not
+  tlsrelay oauth login -config FILE DESTINATION
+                                    obtain the first refresh token of a refresh_token destination
+  tlsrelay oauth status -config FILE
+                                    flow, mailbox, token expiry, last refresh and last error per OAuth destination
   tlsrelay passwd [-senders P,...] USER
                                     print an auth_users_file line (password from the terminal or stdin)
   tlsrelay sendmail [-t] [-i] [-f SENDER] [-F NAME] [--] [RECIPIENT...]
@@ -60,6 +65,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdQueue(args[1:], stdout, stderr)
 	case "passwd":
 		return cmdPasswd(args[1:], stdin, stdout, stderr)
+	case "oauth":
+		return cmdOAuth(args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
 	case "demo":

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"tlsrelay/relay"
@@ -16,7 +15,8 @@ import (
 )
 
 const queueUsage = `Usage:
-  tlsrelay queue [-config FILE] list [-json]        one line per queued message
+  tlsrelay queue [-config FILE] list [-json]        each message: sender, state, every pending
+                                                    recipient with its last failure
   tlsrelay queue [-config FILE] show [-body] [-json] ID
                                                     envelope, recipients, attempts, headers
   tlsrelay queue [-config FILE] retry ID|-all       attempt now
@@ -57,15 +57,10 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 
 	switch op {
 	case "list":
-		entries, err := relay.ListQueue(store, time.Now())
-		if err != nil {
+		if err := listQueue(stdout, store, time.Now(), *asJSON); err != nil {
 			fmt.Fprintln(stderr, "tlsrelay queue:", err)
 			return 1
 		}
-		if *asJSON {
-			return printJSON(stdout, entries)
-		}
-		printQueue(stdout, entries)
 		return 0
 	case "show":
 		if len(rest) != 1 {
@@ -140,32 +135,6 @@ func printJSON(w io.Writer, v any) int {
 		return 1
 	}
 	return 0
-}
-
-func printQueue(w io.Writer, entries []relay.QueueEntry) {
-	if len(entries) == 0 {
-		fmt.Fprintln(w, "The queue is empty.")
-		return
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tAGE\tFROM\tRCPT pending/done/failed\tATTEMPTS\tNEXT ATTEMPT\tLAST FAILURE")
-	for _, e := range entries {
-		next := "now"
-		switch {
-		case e.Held:
-			next = "HELD"
-		case !e.NextAttempt.IsZero() && time.Until(e.NextAttempt) > 0:
-			next = "in " + time.Until(e.NextAttempt).Round(time.Second).String()
-		}
-		from := e.From
-		if from == "" {
-			from = "<>"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d/%d\t%d\t%s\t%s\n", e.ID, (time.Duration(e.AgeSeconds) * time.Second).String(), from,
-			len(e.Pending), len(e.Delivered), len(e.Failed), e.Attempts, next, dash(e.LastClass))
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "%d message(s)\n", len(entries))
 }
 
 func printMessage(w io.Writer, v *relay.MessageView) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
@@ -9,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"tlsrelay/relay"
 	"tlsrelay/relay/sink"
+	"tlsrelay/relay/spool"
 )
 
 // queueFixture is a running relay binary whose example.test upstream is
@@ -26,7 +30,12 @@ type queueFixture struct {
 }
 
 func newQueueFixture(t *testing.T) *queueFixture {
-	fx := newUpstreamFixture(t)
+	return newQueueFixtureWith(t, newUpstreamFixture(t))
+}
+
+// newQueueFixtureWith is newQueueFixture with the certificates of fx and
+// more destinations.
+func newQueueFixtureWith(t *testing.T, fx *upstreamFixture, more ...e2eDest) *queueFixture {
 	senderMX, err := sink.Start(sink.Options{Cert: fx.leaf.TLSCertificate()})
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +44,7 @@ func newQueueFixture(t *testing.T) *queueFixture {
 	upAddr := freeAddr(t)
 	path := filepath.Join(t.TempDir(), "tlsrelay.toml")
 	writeConfigFile(t, path, e2eConfig(t.TempDir(), fx.caFile, "",
-		e2eDest{"e2e.test", upAddr, ""}, e2eDest{"sender.test", senderMX.Addr(), ""}))
+		append([]e2eDest{{"e2e.test", upAddr, ""}, {"sender.test", senderMX.Addr(), ""}}, more...)...))
 	return &queueFixture{t: t, cfg: path, fx: fx, upAddr: upAddr, senderMX: senderMX, proc: startBinary(t, path)}
 }
 
@@ -92,7 +101,7 @@ func TestQueueCommandsAgainstARunningRelay(t *testing.T) {
 	bounced := q.submit("bounced@e2e.test", "to bounce")
 
 	out, code := q.queue("list")
-	if code != 0 || !strings.Contains(out, held) || !strings.Contains(out, "connect") || !strings.Contains(out, "3 message(s)") {
+	if code != 0 || !strings.Contains(out, held) || !strings.Contains(out, "connect") || !strings.Contains(out, "in 3 messages, 3 recipients pending.") {
 		t.Fatalf("queue list: exit %d\n%s", code, out)
 	}
 	out, code = q.queue("show", held)
@@ -183,4 +192,158 @@ func TestQueueCommandsWithTheRelayStopped(t *testing.T) {
 	if !up.Wait(1, 10*time.Second) {
 		t.Fatal("not delivered after release")
 	}
+}
+
+// TestQueueListShowsEachPendingRecipient: `queue list` is mailq's view:
+// each message with its sender and state, every pending recipient with
+// its latest failure in short, the others counted; -json has every
+// recipient's state.
+func TestQueueListShowsEachPendingRecipient(t *testing.T) {
+	fx := newUpstreamFixture(t)
+	longNo := "come back later " + strings.Repeat("please ", 30)
+	mixed, err := sink.Start(sink.Options{Cert: fx.leaf.TLSCertificate(), Refuse: func(rcpt string) *smtp.SMTPError {
+		switch rcpt {
+		case "gone@mixed.test":
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		case "later@mixed.test":
+			return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: longNo}
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mixed.Close()
+	q := newQueueFixtureWith(t, fx, e2eDest{"mixed.test", mixed.Addr(), ""})
+
+	held := q.submit("held@e2e.test", "to hold")
+	if out, code := q.queue("hold", held); code != 0 {
+		t.Fatalf("hold: %d %s", code, out)
+	}
+	c, err := smtp.Dial(q.proc.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcpts := []string{"ok@mixed.test", "gone@mixed.test", "later@mixed.test", "down@e2e.test"}
+	if err := c.SendMail("app@sender.test", rcpts, strings.NewReader("Subject: mixed\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	var mixedEntry relay.QueueEntry
+	eventually(t, func() bool {
+		for _, e := range q.list() {
+			if e.ID != held && len(e.Delivered) == 1 && len(e.Failed) == 1 && len(e.Recipients) == 4 &&
+				e.Recipients[2].LastClass != "" && e.Recipients[3].LastClass != "" {
+				mixedEntry = e
+				return true
+			}
+		}
+		return false
+	})
+
+	// -json: every recipient's state, next to the fields scripts know.
+	want := map[string]spool.RecipientStatus{"ok@mixed.test": spool.StatusDelivered, "gone@mixed.test": spool.StatusFailed,
+		"later@mixed.test": spool.StatusPending, "down@e2e.test": spool.StatusPending}
+	for i, rc := range mixedEntry.Recipients {
+		if rc.Addr != rcpts[i] || rc.Status != want[rc.Addr] {
+			t.Errorf("recipient %d: %+v, want %s %s", i, rc, rcpts[i], want[rcpts[i]])
+		}
+	}
+	if rc := mixedEntry.Recipients[1]; !strings.Contains(rc.LastFailure, "no such user") || rc.Destination != "mixed.test" {
+		t.Errorf("bounced recipient: %+v", rc)
+	}
+	if rc := mixedEntry.Recipients[2]; !strings.Contains(rc.LastFailure, "come back later") {
+		t.Errorf("deferred recipient: %+v", rc)
+	}
+	if rc := mixedEntry.Recipients[3]; rc.LastClass != "connect" || rc.LastAttempt.IsZero() {
+		t.Errorf("recipient of the upstream that is down: %+v", rc)
+	}
+	if len(mixedEntry.Pending) != 2 || mixedEntry.From != "app@sender.test" || mixedEntry.Attempts == 0 {
+		t.Errorf("the fields that were there before: %+v", mixedEntry)
+	}
+
+	out, code := q.queue("list")
+	if code != 0 {
+		t.Fatalf("queue list: exit %d\n%s", code, out)
+	}
+	blocks := strings.Split(strings.TrimSpace(out), "\n\n")
+	if len(blocks) != 3 {
+		t.Fatalf("want two messages and a summary, separated by blank lines:\n%s", out)
+	}
+	heldBlock, mixedBlock := blocks[0], blocks[1]
+	if !strings.HasPrefix(heldBlock, held+"  ") || !strings.Contains(heldBlock, "from <app@sender.test>  held (") ||
+		!strings.Contains(heldBlock, "\n    held@e2e.test  connect: cannot connect") {
+		t.Errorf("the held message:\n%s", heldBlock)
+	}
+	lines := strings.Split(mixedBlock, "\n")
+	later := mixedEntry.Recipients[2]
+	wantLines := []string{
+		mixedEntry.ID + "  ",
+		"    later@mixed.test  " + later.LastClass + ": ",
+		"    down@e2e.test  connect: cannot connect",
+		"    + 1 delivered, 1 bounced",
+	}
+	if len(lines) != len(wantLines) {
+		t.Fatalf("the mixed message: want %d lines:\n%s", len(wantLines), mixedBlock)
+	}
+	for i, w := range wantLines {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("line %d:\n got %s\nwant %s…", i+1, lines[i], w)
+		}
+	}
+	if !strings.Contains(lines[0], "from <app@sender.test>") || !strings.Contains(lines[0], " attempt") {
+		t.Errorf("header line lacks sender or state: %s", lines[0])
+	}
+	if !strings.Contains(lines[1], "come back later please") || !strings.HasSuffix(lines[1], "…") || len([]rune(lines[1])) > 180 {
+		t.Errorf("a long failure is not clipped: %s", lines[1])
+	}
+	if !strings.HasPrefix(blocks[2], "-- 1 KiB in 2 messages, 3 recipients pending.") {
+		t.Errorf("summary: %s", blocks[2])
+	}
+}
+
+// TestQueueListJSONIsTheArrayItWas: the streamed -json output is byte for
+// byte what encoding the whole list at once gives (scripts parse it), for
+// an empty queue too.
+func TestQueueListJSONIsTheArrayItWas(t *testing.T) {
+	store, err := spool.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	check := func() {
+		t.Helper()
+		var streamed, whole bytes.Buffer
+		if err := listQueue(&streamed, store, now, true); err != nil {
+			t.Fatal(err)
+		}
+		entries, err := relay.ListQueue(store, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		printJSON(&whole, entries)
+		if streamed.String() != whole.String() {
+			t.Fatalf("streamed:\n%s\nwhole:\n%s", streamed.String(), whole.String())
+		}
+	}
+	check()
+	for i, rcpts := range [][]string{{"a@x.test"}, {"b@x.test", "c@y.test"}} {
+		p, err := store.Create(spool.Envelope{From: "s@x.test", Recipients: rcpts, Received: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Write([]byte("Subject: <&>\r\n\r\nbody\r\n"))
+		if err := p.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			st := spool.NewState(p.Envelope())
+			st.Attempts, st.NextAttempt = 2, now.Add(time.Minute)
+			st.Recipients[1].Class, st.Recipients[1].Reason = "connect", "cannot connect <here>"
+			if err := store.SaveState(p.ID(), st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	check()
 }

@@ -57,10 +57,21 @@ func loadConfig(flagValue string, stderr io.Writer) (cfg *config.Config, path, h
 	}
 	cfg, err = config.Load(path)
 	if err != nil {
-		fmt.Fprintln(stderr, "tlsrelay: configuration is not valid:", err)
+		printConfigErrors(stderr, err)
 		return nil, "", "", false
 	}
 	return cfg, path, how, true
+}
+
+// printConfigErrors says why a configuration does not load: one mistake
+// on the line, several one per line under a count, as a compiler does.
+func printConfigErrors(w io.Writer, err error) {
+	var es config.Errors
+	if !errors.As(err, &es) || len(es) == 1 {
+		fmt.Fprintln(w, "tlsrelay: configuration is not valid:", err)
+		return
+	}
+	fmt.Fprintf(w, "tlsrelay: configuration is not valid: %d mistakes:\n%s\n", len(es), es)
 }
 
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {

@@ -11,12 +11,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"regexp"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/signing"
@@ -90,9 +87,11 @@ type Queue struct {
 	CertExpiryWarning Duration `toml:"cert_expiry_warning"`
 	// Verified upstream connections are kept open this long between
 	// messages (0: a new connection per delivery), for at most this many
-	// messages each.
+	// messages each, and reused for at most UpstreamMaxAge after they were
+	// verified.
 	UpstreamIdleTimeout Duration `toml:"upstream_idle_timeout"`
 	UpstreamMaxMessages int      `toml:"upstream_max_messages"`
+	UpstreamMaxAge      Duration `toml:"upstream_max_age"`
 }
 
 // Metrics is the [metrics] table.
@@ -126,6 +125,10 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // MarshalText writes the duration back in the same form.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
+// maxUpstreamMaxAge bounds upstream_max_age: a pooled connection is
+// verified again at least once a day.
+const maxUpstreamMaxAge = 24 * time.Hour
+
 // Default returns the configuration used for keys the file leaves out.
 func Default() *Config {
 	return &Config{
@@ -154,6 +157,7 @@ func Default() *Config {
 			CertExpiryWarning:   Duration{30 * 24 * time.Hour},
 			UpstreamIdleTimeout: Duration{30 * time.Second},
 			UpstreamMaxMessages: 1000,
+			UpstreamMaxAge:      Duration{5 * time.Minute},
 		},
 		Log:      Log{Level: "info", Format: "auto"},
 		Sendmail: DefaultSendmail(),
@@ -168,29 +172,8 @@ func defaultHostname() string {
 	return h
 }
 
-// Error is a configuration error: the file, the key and, when it could be
-// found, the line.
-type Error struct {
-	File string
-	Line int    // 0 when unknown
-	Key  string // e.g. "destination[2].min_tls"
-	Msg  string
-}
-
-func (e *Error) Error() string {
-	loc := e.File
-	if e.Line > 0 {
-		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
-	}
-	if e.Key == "" {
-		return fmt.Sprintf("%s: %s", loc, e.Msg)
-	}
-	return fmt.Sprintf("%s: %s: %s", loc, e.Key, e.Msg)
-}
-
-var decodeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
-
-// Load reads, checks and compiles the configuration file at path.
+// Load reads, checks and compiles the configuration file at path. A file
+// that does not load gives Errors: every mistake that can be found.
 func Load(path string) (*Config, error) {
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -200,146 +183,168 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse checks and compiles a configuration given as text; name is used
-// in error messages.
+// in error messages. It reports every mistake it can find at once, as
+// Errors; it stops early only where later checks need what is wrong (a
+// syntax error: nothing after it can be read).
 func Parse(name, src string) (*Config, error) {
 	c := Default()
-	md, err := toml.Decode(src, c)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			msg := pe.Message
-			if pe.LastKey != "" {
-				return nil, &Error{File: name, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}
-			}
-			return nil, &Error{File: name, Line: pe.Position.Line, Msg: msg}
-		}
-		// Type mismatches come back as plain errors with the position in
-		// the text; lift it out so every error reads the same way.
-		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ := strconv.Atoi(m[1])
-			return nil, &Error{File: name, Line: line, Key: m[2], Msg: m[3]}
-		}
-		return nil, &Error{File: name, Msg: err.Error()}
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		k := und[0]
-		return nil, &Error{File: name, Line: lineOfKey(src, k), Key: displayKey(k),
-			Msg: "unknown key; check its spelling against config.example.toml"}
-	}
 	c.Path = name
-	c.explicitNetworks = md.IsDefined("server", "allowed_networks")
-	if err := c.check(src); err != nil {
+	p := &problems{file: name}
+	if decode(c, src, p) {
+		c.check(src, p)
+	}
+	if err := p.err(); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Config) check(src string) error {
-	bad := func(table, key, format string, args ...any) error {
-		return &Error{File: c.Path, Line: lineOf(src, table, -1, key), Key: table + "." + key, Msg: fmt.Sprintf(format, args...)}
+// MaxRecipientsLimit is the upper bound of max_recipients: that many
+// addresses of the longest kind (256 octets, each escaped to 6 bytes in the
+// spool's encoding) and the rest of an envelope stay well inside the
+// spool's envelope limit (4 MiB), so a configuration can never promise what
+// the spool cannot store. Postfix's default is 1000.
+const MaxRecipientsLimit = 2000
+
+// check validates the decoded values and compiles the destinations,
+// adding each mistake to p. To add a check, add one p.add(bad(...)) line;
+// guard it with p.ok(...) when it reads another key's value.
+func (c *Config) check(src string, p *problems) {
+	bad := func(table, key, format string, args ...any) *Error {
+		return newError(c.Path, lineOf(src, table, -1, key), table+"."+key, fmt.Sprintf(format, args...))
 	}
 	s := &c.Server
 	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
-		return bad("server", "listen", "%q is not host:port; write e.g. \"127.0.0.1:2525\"", s.Listen)
+		p.add(bad("server", "listen", "%q is not host:port; write e.g. \"127.0.0.1:2525\"", s.Listen))
 	}
 	if s.Hostname == "" || strings.ContainsAny(s.Hostname, " \t\r\n") {
-		return bad("server", "hostname", "%q is not a host name", s.Hostname)
+		p.add(bad("server", "hostname", "%q is not a host name; write the name this relay has in DNS, e.g. \"relay.example.com\"", s.Hostname))
 	}
 	c.Networks = nil
 	for _, n := range s.AllowedNetworks {
-		p, err := netip.ParsePrefix(n)
+		pfx, err := netip.ParsePrefix(n)
 		if err != nil {
 			if a, aerr := netip.ParseAddr(n); aerr == nil {
-				p = netip.PrefixFrom(a, a.BitLen())
+				pfx = netip.PrefixFrom(a, a.BitLen())
 			} else {
-				return bad("server", "allowed_networks", "%q is not a network; write CIDR such as \"10.0.0.0/8\" or \"::1/128\"", n)
+				p.add(bad("server", "allowed_networks", "%q is not a network; write CIDR such as \"10.0.0.0/8\" or \"::1/128\"", n))
+				continue
 			}
 		}
-		c.Networks = append(c.Networks, p.Masked())
+		c.Networks = append(c.Networks, pfx.Masked())
 	}
 	if s.MaxMessageBytes <= 0 {
-		return bad("server", "max_message_bytes", "must be positive")
+		p.add(bad("server", "max_message_bytes", "must be positive; write e.g. max_message_bytes = 26214400 (25 MiB)"))
 	}
 	if s.MaxRecipients <= 0 {
-		return bad("server", "max_recipients", "must be positive")
+		p.add(bad("server", "max_recipients", "must be positive; write e.g. max_recipients = 100"))
 	}
-	if err := c.checkInbound(bad); err != nil {
-		return err
+	if s.MaxRecipients > MaxRecipientsLimit {
+		p.add(bad("server", "max_recipients", "%d is more than %d, the most one transaction's envelope can hold in the spool; write at most %d", s.MaxRecipients, MaxRecipientsLimit, MaxRecipientsLimit))
 	}
+	c.checkInbound(bad, p)
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
-			return bad("metrics", "listen", "%q is not host:port; write e.g. \"127.0.0.1:9025\"", c.Metrics.Listen)
+			p.add(bad("metrics", "listen", "%q is not host:port; write e.g. \"127.0.0.1:9025\"", c.Metrics.Listen))
 		}
 	}
 	q := &c.Queue
 	if q.Dir == "" {
-		return bad("queue", "dir", "required: the spool directory")
+		p.add(bad("queue", "dir", "required: the spool directory; write e.g. dir = \"/var/spool/tlsrelay\""))
 	}
 	if q.RetryMin.Duration <= 0 {
-		return bad("queue", "retry_min", "must be more than 0")
+		p.add(bad("queue", "retry_min", "must be more than 0; write e.g. retry_min = \"30s\""))
 	}
-	if q.RetryMax.Duration < q.RetryMin.Duration {
-		return bad("queue", "retry_max", "%s is less than retry_min (%s)", q.RetryMax, q.RetryMin)
+	if q.RetryMax.Duration < q.RetryMin.Duration && p.ok("queue.retry_min") {
+		p.add(bad("queue", "retry_max", "%s is less than retry_min (%s); write a duration of at least %s", q.RetryMax, q.RetryMin, q.RetryMin))
 	}
 	if q.MaxAge.Duration <= 0 {
-		return bad("queue", "max_age", "must be more than 0")
+		p.add(bad("queue", "max_age", "must be more than 0; write e.g. max_age = \"72h\""))
 	}
 	if q.UpstreamMaxMessages <= 0 {
-		return bad("queue", "upstream_max_messages", "must be positive")
+		p.add(bad("queue", "upstream_max_messages", "must be positive; write e.g. upstream_max_messages = 1000"))
+	}
+	if q.UpstreamMaxAge.Duration <= 0 || q.UpstreamMaxAge.Duration > maxUpstreamMaxAge {
+		p.add(bad("queue", "upstream_max_age", "%s is out of range: it must be more than 0s and at most 24h; write e.g. upstream_max_age = \"5m\" (the default), or to stop reusing connections set upstream_idle_timeout = \"0s\" instead", q.UpstreamMaxAge))
 	}
 	if q.Workers <= 0 || q.Workers > 1024 {
-		return bad("queue", "workers", "must be between 1 and 1024")
+		p.add(bad("queue", "workers", "must be between 1 and 1024; write e.g. workers = 16"))
 	}
-	if err := c.checkSendmail(bad); err != nil {
-		return err
-	}
+	c.checkSendmail(bad, p)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		return bad("log", "level", "%q is not a level; write debug, info, warn or error", c.Log.Level)
+		p.add(bad("log", "level", "%q is not a level; write debug, info, warn or error", c.Log.Level))
 	}
 	switch c.Log.Format {
 	case "auto", "text", "json":
 	default:
-		return bad("log", "format", "%q is not a format; write auto, text or json", c.Log.Format)
+		p.add(bad("log", "format", "%q is not a format; write auto, text or json", c.Log.Format))
 	}
-
-	if len(c.Destination) == 0 {
-		return &Error{File: c.Path, Key: "destination", Msg: "no [[destination]] is configured, so every recipient would be refused; add one (see config.example.toml)"}
-	}
-	dests := make([]*policy.Destination, 0, len(c.Destination))
-	for i, spec := range c.Destination {
-		d, err := policy.Compile(spec)
-		if err != nil {
-			var fe *policy.FieldError
-			if errors.As(err, &fe) {
-				return &Error{File: c.Path, Line: lineOf(src, "destination", i, fe.Key),
-					Key: fmt.Sprintf("destination[%d].%s", i+1, fe.Key), Msg: fe.Message}
-			}
-			return &Error{File: c.Path, Key: fmt.Sprintf("destination[%d]", i+1), Msg: err.Error()}
-		}
-		dests = append(dests, d)
-	}
-	t, err := policy.NewTable(dests)
-	if err != nil {
-		var de *policy.DuplicateDomainError
-		if errors.As(err, &de) {
-			return &Error{File: c.Path, Line: lineOf(src, "destination", de.Then, "domains"),
-				Key: fmt.Sprintf("destination[%d].domains", de.Then+1), Msg: err.Error()}
-		}
-		return &Error{File: c.Path, Msg: err.Error()}
-	}
-	c.Table = t
-	if len(c.DKIM) > 0 {
+	c.checkDestinations(src, p)
+	if len(c.DKIM) > 0 && !p.undecodedUnder("dkim") {
 		signer, err := signing.Load(c.DKIM)
 		if err != nil {
-			return &Error{File: c.Path, Line: lineOf(src, "dkim", 0, "domain"), Msg: err.Error()}
+			p.add(&Error{File: c.Path, Line: lineOf(src, "dkim", 0, "domain"), Msg: err.Error()})
 		}
 		c.Signer = signer
 	}
-	return nil
 }
 
-func displayKey(k toml.Key) string {
-	return strings.Join(k, ".")
+// checkDestinations compiles every [[destination]], each on its own: the
+// mistakes of all of them are reported. Two destinations claiming one
+// domain are looked for among those that compiled.
+func (c *Config) checkDestinations(src string, p *problems) {
+	if len(c.Destination) == 0 {
+		if p.ok("destination") {
+			p.add(&Error{File: c.Path, Key: "destination", Msg: "no [[destination]] is configured, so every recipient would be refused; add one (see config.example.toml)"})
+		}
+		return
+	}
+	var dests []*policy.Destination
+	var index []int // index[i] is the [[destination]] of dests[i]
+	for i, spec := range c.Destination {
+		d, err := policy.Compile(spec)
+		if err != nil {
+			for _, err := range joined(err) {
+				var fe *policy.FieldError
+				if errors.As(err, &fe) {
+					p.add(newError(c.Path, lineOf(src, "destination", i, fe.Key),
+						fmt.Sprintf("destination[%d].%s", i+1, fe.Key), fe.Message))
+				} else {
+					p.add(&Error{File: c.Path, Key: fmt.Sprintf("destination[%d]", i+1), Msg: err.Error()})
+				}
+			}
+			continue
+		}
+		dests = append(dests, d)
+		index = append(index, i)
+	}
+	for {
+		t, err := policy.NewTable(dests)
+		var de *policy.DuplicateDomainError
+		if errors.As(err, &de) {
+			// Report it in the numbering of the file, and look on
+			// without the second claimant.
+			dup := &policy.DuplicateDomainError{Pattern: de.Pattern, First: index[de.First], Then: index[de.Then]}
+			p.add(newError(c.Path, lineOf(src, "destination", dup.Then, "domains"),
+				fmt.Sprintf("destination[%d].domains", dup.Then+1), dup.Error()))
+			dests = slices.Delete(dests, de.Then, de.Then+1)
+			index = slices.Delete(index, de.Then, de.Then+1)
+			continue
+		}
+		if err != nil {
+			p.add(&Error{File: c.Path, Msg: err.Error()})
+		}
+		c.Table = t
+		return
+	}
+}
+
+// joined returns the errors err joins (errors.Join), or err alone.
+func joined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,6 +94,8 @@ func TestConfigErrorsNameKeyLineAndFix(t *testing.T) {
 		{"no destination", "[server]\nlisten = \"127.0.0.1:2525\"\n", "no [[destination]] is configured"},
 		{"bad network", "[server]\nallowed_networks = [\"everyone\"]\n" + dest, "server.allowed_networks: \"everyone\" is not a network"},
 		{"retry order", "[queue]\nretry_min = \"1h\"\nretry_max = \"1m\"\n" + dest, "queue.retry_max"},
+		{"upstream_max_age 0", "[queue]\nupstream_max_age = \"0s\"\n" + dest, "test.toml:2: queue.upstream_max_age: 0s is out of range"},
+		{"upstream_max_age over a day", "[queue]\nupstream_max_age = \"25h\"\n" + dest, "queue.upstream_max_age: 25h0m0s is out of range"},
 		{"password env unset", dest + "auth_username = \"u\"\nauth_password_env = \"TLSRELAY_SURELY_UNSET\"\n", "TLSRELAY_SURELY_UNSET is not set"},
 		{"username without password", dest + "auth_username = \"u\"\n", "no password"},
 		{"syntax", "[server\n", "test.toml:2"},
@@ -194,5 +197,111 @@ func TestSecretFilesMustBePrivate(t *testing.T) {
 	src := "[server]\nauth_users_file = \"" + usersFile + "\"\n" + dest
 	if _, err := Parse("t.toml", src); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("world-writable users file: %v", err)
+	}
+}
+
+// TestEveryMistakeIsReportedInOneRun: independent mistakes in several
+// tables and destinations all come back from one Parse, each with its
+// own line, key and fix, in the file's order.
+func TestEveryMistakeIsReportedInOneRun(t *testing.T) {
+	src := `[server]
+listen = "127.0.0.1:2525"
+lisen = "x"
+max_recipients = 0
+
+[queue]
+retry_min = "soon"
+workers = 16
+
+[[destination]]
+domains = ["example.com"]
+upstream = "smtp.example.com:587"
+min_tls = "1.0"
+on_failure = "drop"
+
+[[destination]]
+domains = ["example.org"]
+upstream = "smtp.example.org:587"
+ca_file = "/nonexistent/ca.pem"
+tls_mode = "starttls"
+`
+	_, err := Parse("test.toml", src)
+	var es Errors
+	if !errors.As(err, &es) {
+		t.Fatalf("Parse returned %T %v, want Errors", err, err)
+	}
+	want := []string{
+		"test.toml:3: server.lisen: unknown key; check its spelling against config.example.toml",
+		"test.toml:4: server.max_recipients: must be positive; write e.g. max_recipients = 100",
+		`test.toml:7: queue.retry_min: "soon" is not a duration; write e.g. "30s", "5m" or "72h"`,
+		`test.toml:13: destination[1].min_tls: "1.0" is refused: TLS 1.0 and 1.1 are broken and deprecated (RFC 8996); write "1.2" or "1.3"`,
+		`test.toml:14: destination[1].on_failure: "drop" is not a failure policy; write "queue" or "reject"`,
+		"test.toml:19: destination[2].ca_file: open /nonexistent/ca.pem",
+		"test.toml:20: destination.tls_mode: unknown key",
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != len(want) || len(es) != len(want) {
+		t.Fatalf("got %d mistakes, want %d:\n%s", len(lines), len(want), err)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(lines[i], w) {
+			t.Errorf("mistake %d:\n got %s\nwant %s…", i+1, lines[i], w)
+		}
+	}
+	// The parts are there for a program, too.
+	if e := es[2]; e.File != "test.toml" || e.Line != 7 || e.Key != "queue.retry_min" ||
+		e.Msg != `"soon" is not a duration` || e.Fix != `write e.g. "30s", "5m" or "72h"` {
+		t.Errorf("retry_min mistake: %+v", *e)
+	}
+}
+
+// TestDependentMistakesAreNotPiledUp: where a check needs what another
+// key says, a mistake in that key is reported alone, and a syntax error
+// stops everything since nothing after it can be read.
+func TestDependentMistakesAreNotPiledUp(t *testing.T) {
+	dest := "\n[[destination]]\ndomains = [\"example.com\"]\nupstream = \"smtp.example.com:587\"\n"
+	cases := []struct {
+		name, src string
+		want      []string
+	}{
+		{"syntax error stops", "[server]\nlisen = 1\n[queue\nretry_min = \"soon\"\n" + dest,
+			[]string{"test.toml:4: server: expected '.' or ']' to end table name"}},
+		{"retry_max is not compared with a retry_min that did not decode",
+			"[queue]\nretry_min = \"soon\"\nretry_max = \"1s\"\n" + dest,
+			[]string{"test.toml:2: queue.retry_min: \"soon\" is not a duration"}},
+		{"implicit TLS is not told it lacks a certificate that failed to load",
+			"[server]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\nimplicit_tls_listen = \"127.0.0.1:4650\"\n" + dest,
+			[]string{"test.toml:2: server.tls_cert_file: cannot load the certificate and key"}},
+		{"a value of the wrong type is not also checked as its default",
+			"[server]\nmax_recipients = \"many\"\n" + dest,
+			[]string{"test.toml:2: server.max_recipients: incompatible types"}},
+		{"no \"no destination\" when the destinations did not decode",
+			"destination = 3\n",
+			[]string{"test.toml:1: destination: is not an array of tables; write [[destination]] (two brackets) above each one"}},
+		{"a table where an array of tables belongs", "[destination]\ndomains = [\"example.com\"]\n",
+			[]string{"test.toml:1: destination: is not an array of tables"}},
+		{"an array of tables where a table belongs", "[[server]]\nlisten = \"127.0.0.1:2525\"\n" + dest,
+			[]string{"test.toml:1: server: is not a table; write [server] on a line of its own"}},
+		{"duplicates are found among destinations that compile, numbered as in the file",
+			dest + "min_tls = \"1.1\"\n" + dest + dest + dest,
+			[]string{"test.toml:5: destination[1].min_tls", "test.toml:12: destination[3].domains: domain \"example.com\" is claimed by destination #2 and destination #3",
+				"test.toml:16: destination[4].domains: domain \"example.com\" is claimed by destination #2 and destination #4"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("test.toml", c.src)
+			if err == nil {
+				t.Fatalf("accepted:\n%s", c.src)
+			}
+			lines := strings.Split(err.Error(), "\n")
+			if len(lines) != len(c.want) {
+				t.Fatalf("got %d mistakes, want %d:\n%s", len(lines), len(c.want), err)
+			}
+			for i, w := range c.want {
+				if !strings.HasPrefix(lines[i], w) {
+					t.Errorf("got %s\nwant %s…", lines[i], w)
+				}
+			}
+		})
 	}
 }

@@ -18,6 +18,13 @@ func (c *Config) Effective() *Config {
 		spec.OnFailure = string(d.OnFailure)
 		spec.RequireHostname = d.RequireHostname
 		spec.ServerName = d.ServerName
+		spec.Upstream = d.Upstream
+		spec.AuthMechanism = string(d.AuthMechanism)
+		if o := d.OAuth; o != nil {
+			eff := *spec.OAuth // secrets stay named by their source
+			eff.Flow, eff.TokenURL, eff.DeviceAuthURL, eff.AuthURL, eff.Scopes = string(o.Flow), o.TokenURL, o.DeviceAuthURL, o.AuthURL, o.Scopes
+			spec.OAuth = &eff
+		}
 		out.Destination = append(out.Destination, spec)
 	}
 	return &out

@@ -36,6 +36,29 @@ func lineOf(src, table string, index int, key string) int {
 	return 0
 }
 
+// lineOfSub returns the 1-based line of key inside the sub-table
+// [table.name] of the index-th [[table]] (of [table] when index < 0); 0
+// when not found.
+func lineOfSub(src, table string, index int, name, key string) int {
+	seen, inParent, inSub := -1, index < 0, false
+	for i, line := range strings.Split(src, "\n") {
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "[") {
+			h, array := tableHeader(t)
+			if h == table && array {
+				seen++
+				inParent = seen == index
+			}
+			inSub = inParent && !array && h == table+"."+name
+			continue
+		}
+		if inSub && keyOfLine(t) == key {
+			return i + 1
+		}
+	}
+	return 0
+}
+
 // lineOfKey returns the line of the first occurrence of a dotted key as
 // the decoder reports it (array tables appear without their index).
 func lineOfKey(src string, k toml.Key) int {

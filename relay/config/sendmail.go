@@ -37,16 +37,14 @@ func (c *Config) ResolvedDropDir() (dir string, explicit bool) {
 	return filepath.Clean(c.Queue.Dir) + "-drop", false
 }
 
-// checkSendmail checks the [sendmail] table.
-func (c *Config) checkSendmail(bad func(table, key, format string, args ...any) error) error {
+// checkSendmail checks the [sendmail] table, adding each mistake to p.
+func (c *Config) checkSendmail(bad func(table, key, format string, args ...any) *Error, p *problems) {
 	s := &c.Sendmail
 	if s.DropDir != "" && !filepath.IsAbs(s.DropDir) {
-		return bad("sendmail", "drop_dir", "%q is not an absolute path", s.DropDir)
+		p.add(bad("sendmail", "drop_dir", "%q is not an absolute path; write e.g. drop_dir = \"/var/spool/tlsrelay-drop\"", s.DropDir))
+	} else if s.DropDir != "" && filepath.Clean(s.DropDir) == filepath.Clean(c.Queue.Dir) {
+		p.add(bad("sendmail", "drop_dir", "must not be the spool directory (the spool is the relay's alone; the drop directory is where other users write); write e.g. drop_dir = \"%s-drop\"", filepath.Clean(c.Queue.Dir)))
 	}
-	if s.DropDir != "" && filepath.Clean(s.DropDir) == filepath.Clean(c.Queue.Dir) {
-		return bad("sendmail", "drop_dir", "must not be the spool directory (the spool is 0700; the drop directory is where other users write)")
-	}
-	return nil
 }
 
 // SendmailView is what the `sendmail` entry needs from the configuration:
@@ -77,7 +75,7 @@ func LoadSendmailView(path string) (*SendmailView, error) {
 	}
 	view.Server, view.Queue, view.Sendmail = &c.Server, &c.Queue, &c.Sendmail
 	if _, err := toml.Decode(string(src), &view); err != nil {
-		return nil, &Error{File: path, Msg: err.Error()}
+		return nil, newError(path, 0, "", err.Error())
 	}
 	dir, _ := c.ResolvedDropDir()
 	return &SendmailView{Listen: c.Server.Listen, Hostname: c.Server.Hostname,

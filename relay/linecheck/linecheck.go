@@ -16,40 +16,58 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"sync/atomic"
 )
 
 // Conn applies the line discipline to everything read from a client
-// connection. After a "STARTTLS" line, if the next byte starts a TLS
-// record, it steps aside: what follows is TLS, whose bytes it must not
-// touch (the go-smtp server wraps this Conn in tls.Server).
+// connection, until the server starts TLS on it: then what follows is TLS,
+// whose bytes it must not touch (the go-smtp server wraps this Conn in
+// tls.Server). What the client sends never decides that: Conn watches the
+// server's side too, and steps aside only when the client's last line was
+// STARTTLS and the server answered it 220 — which go-smtp does only to the
+// command, right before its handshake, never inside DATA or BDAT. If the
+// handshake fails, go-smtp answers 550 in plaintext before it reads
+// another line; Conn sees a write that is not a TLS record and applies the
+// discipline again, so a session that goes on in plaintext is guarded as
+// before. Only a TLS session that really started is left alone.
 type Conn struct {
 	net.Conn
-	pendingCR   bool
-	line        []byte // the start of the current line, to spot STARTTLS
-	lastLine    string // the previous complete line, upper-cased
-	atLineStart bool
-	passthrough bool
-	in          []byte
-	buf         []byte // backing store of out, reused for every read
-	out         []byte // transformed bytes not yet returned
-	err         error  // an error to return once out is drained
+	// startTLS is set when the server offers STARTTLS.
+	startTLS bool
+	// aside is set while TLS runs on the connection (written by Write,
+	// read by Read).
+	aside atomic.Bool
+	// saidSTARTTLS is set while the client's last complete line is
+	// STARTTLS (written by Read, read by Write).
+	saidSTARTTLS atomic.Bool
+
+	// The read side, used by Read only.
+	pendingCR bool
+	line      []byte // the start of the current line, to spot STARTTLS
+	wasAside  bool   // the last Read was raw
+	in        []byte
+	buf       []byte // backing store of out, reused for every read
+	out       []byte // transformed bytes not yet returned
+	err       error  // an error to return once out is drained
+
+	// The server's side, used by Write only.
+	greeted bool   // the server's first reply (its greeting) is out
+	srvLine []byte // the start of the server's current line
 }
 
 // NewConn wraps c. startTLS says whether the server offers STARTTLS, so
-// that only then does a TLS record after STARTTLS switch Conn off.
+// that only then can Conn step aside for TLS.
 func NewConn(c net.Conn, startTLS bool) *Conn {
-	lc := &Conn{Conn: c, atLineStart: true, in: make([]byte, 4096), buf: make([]byte, 0, 4096+1)}
-	if !startTLS {
-		lc.lastLine = "-" // never matches, so never steps aside
-	}
-	return lc
+	return &Conn{Conn: c, startTLS: startTLS, in: make([]byte, 4096), buf: make([]byte, 0, 4096+1)}
 }
 
-// maxLineStart is how much of a line Conn remembers: enough for STARTTLS.
+// maxLineStart is how much of a line Conn remembers: enough for STARTTLS,
+// and for a reply code.
 const maxLineStart = 16
 
-// recordTypeHandshake is the first byte of a TLS ClientHello record.
-const recordTypeHandshake = 0x16
+// TLS record content types (RFC 8446, 5.1; 24 is heartbeat): every write
+// of a TLS connection starts with one, and no SMTP reply does.
+const firstRecordType, lastRecordType = 20, 24
 
 func (c *Conn) Read(p []byte) (int, error) {
 	for len(c.out) == 0 {
@@ -58,8 +76,22 @@ func (c *Conn) Read(p []byte) (int, error) {
 			c.err = nil
 			return 0, err
 		}
-		if c.passthrough {
+		if c.aside.Load() {
+			c.wasAside = true
+			if c.pendingCR && len(p) > 0 {
+				// A CR held back just before TLS started is TLS's byte.
+				c.pendingCR = false
+				p[0] = '\r'
+				return 1, nil
+			}
 			return c.Conn.Read(p)
+		}
+		if c.wasAside {
+			// The handshake failed and the session goes on in plaintext:
+			// start afresh, at the start of a line.
+			c.wasAside = false
+			c.line = c.line[:0]
+			c.saidSTARTTLS.Store(false)
 		}
 		n, err := c.Conn.Read(c.in)
 		c.out = c.transform(c.buf[:0], c.in[:n])
@@ -83,9 +115,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 // transform appends to out the disciplined form of in.
 func (c *Conn) transform(out, in []byte) []byte {
 	for i := 0; i < len(in); i++ {
-		// Fast path: copy the run up to the next CR or LF in one go; only
-		// the start of a line needs byte-wise attention (STARTTLS).
-		if !c.pendingCR && !c.atLineStart {
+		// Fast path: copy the run up to the next CR or LF in one go.
+		if !c.pendingCR {
 			j := bytes.IndexAny(in[i:], "\r\n")
 			if j < 0 {
 				j = len(in) - i
@@ -100,10 +131,6 @@ func (c *Conn) transform(out, in []byte) []byte {
 			}
 		}
 		b := in[i]
-		if c.atLineStart && b == recordTypeHandshake && c.lastLine == "STARTTLS" && !c.pendingCR {
-			c.passthrough = true
-			return append(out, in[i:]...)
-		}
 		if c.pendingCR {
 			c.pendingCR = false
 			if b == '\n' {
@@ -129,18 +156,72 @@ func (c *Conn) transform(out, in []byte) []byte {
 }
 
 func (c *Conn) note(b byte) {
-	c.atLineStart = false
 	if len(c.line) < maxLineStart {
 		c.line = append(c.line, b)
 	}
 }
 
 func (c *Conn) endLine() {
-	if c.lastLine != "-" {
-		c.lastLine = string(bytes.ToUpper(bytes.TrimSpace(c.line)))
+	if c.startTLS {
+		said := len(c.line) < maxLineStart && string(bytes.ToUpper(bytes.TrimSpace(c.line))) == "STARTTLS"
+		if said != c.saidSTARTTLS.Load() {
+			c.saidSTARTTLS.Store(said)
+		}
 	}
 	c.line = c.line[:0]
-	c.atLineStart = true
+}
+
+// Write passes the server's bytes on, watching for the start and the
+// failure of TLS.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.startTLS {
+		c.watch(p)
+	}
+	return c.Conn.Write(p)
+}
+
+// watch follows the server's side: its replies while in plaintext, the
+// first byte of each write while TLS runs.
+func (c *Conn) watch(p []byte) {
+	if c.aside.Load() {
+		if len(p) == 0 || firstRecordType <= p[0] && p[0] <= lastRecordType {
+			return // TLS (tls.Conn writes whole records)
+		}
+		// Plaintext: the handshake failed and the server went on.
+		c.aside.Store(false)
+		c.srvLine = c.srvLine[:0]
+	}
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		part := p
+		if i >= 0 {
+			part = p[:i]
+		}
+		if room := maxLineStart - len(c.srvLine); room > 0 {
+			c.srvLine = append(c.srvLine, part[:min(len(part), room)]...)
+		}
+		if i < 0 {
+			return
+		}
+		c.endServerLine()
+		p = p[i+1:]
+	}
+}
+
+// endServerLine judges a complete line of the server's.
+func (c *Conn) endServerLine() {
+	l := c.srvLine
+	c.srvLine = c.srvLine[:0]
+	if len(l) >= 4 && l[3] == '-' {
+		return // more lines of this reply follow
+	}
+	if !c.greeted {
+		c.greeted = true
+		return
+	}
+	if bytes.HasPrefix(l, []byte("220")) && c.saidSTARTTLS.Load() {
+		c.aside.Store(true) // go-smtp starts its TLS handshake now
+	}
 }
 
 // ErrBareLineEnding is returned by Reader for data that breaks the line

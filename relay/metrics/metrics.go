@@ -24,6 +24,10 @@ type Metrics struct {
 	Reloads          *prometheus.CounterVec
 	LastReload       prometheus.Gauge
 	LastReloadResult prometheus.Gauge
+	TokenRequests    *prometheus.CounterVec // destination, result
+	// TokenExpiry, if set, reports each OAuth destination's current token
+	// expiry; it is read at every scrape.
+	TokenExpiry func() map[string]time.Time
 }
 
 // QueueStats reports the queue's size and its oldest message, at scrape.
@@ -53,6 +57,9 @@ func New(queue QueueStats) *Metrics {
 			Help: "When the configuration was last loaded or reloaded (Unix seconds)."}),
 		LastReloadResult: prometheus.NewGauge(prometheus.GaugeOpts{Name: "tlsrelay_config_last_reload_successful",
 			Help: "1 if the last configuration reload succeeded, 0 if it was refused."}),
+		TokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_oauth_token_requests_total",
+			Help: "Requests to OAuth token endpoints by destination and result (success, or the provider's error code, unreachable, no_refresh_token)."},
+			[]string{"destination", "result"}),
 	}
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
@@ -65,11 +72,29 @@ func New(queue QueueStats) *Metrics {
 		return time.Since(t).Seconds()
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
-		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest,
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, tokenExpiry{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")
 	m.LastReload.SetToCurrentTime()
 	m.LastReloadResult.Set(1)
 	return m
+}
+
+// tokenExpiry exports the seconds until each OAuth destination's current
+// access token expires (negative once expired).
+type tokenExpiry struct{ m *Metrics }
+
+var tokenExpiryDesc = prometheus.NewDesc("tlsrelay_oauth_token_expiry_seconds",
+	"Seconds until the current OAuth access token of each destination expires.", []string{"destination"}, nil)
+
+func (t tokenExpiry) Describe(ch chan<- *prometheus.Desc) { ch <- tokenExpiryDesc }
+
+func (t tokenExpiry) Collect(ch chan<- prometheus.Metric) {
+	if t.m.TokenExpiry == nil {
+		return
+	}
+	for dest, exp := range t.m.TokenExpiry() {
+		ch <- prometheus.MustNewConstMetric(tokenExpiryDesc, prometheus.GaugeValue, time.Until(exp).Seconds(), dest)
+	}
 }

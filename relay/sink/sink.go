@@ -10,6 +10,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ type Message struct {
 	Data []byte
 	TLS  tls.ConnectionState
 	User string // the AUTH identity, if any
+	UTF8 bool   // MAIL FROM carried SMTPUTF8
 }
 
 // Options configure a Sink.
@@ -43,6 +45,8 @@ type Options struct {
 	MinVersion, MaxVersion uint16
 	// Users, if set, enables AUTH PLAIN (after TLS) with these passwords.
 	Users map[string]string
+	// OAuth, if set, enables AUTH XOAUTH2 and OAUTHBEARER (after TLS).
+	OAuth *OAuthOptions
 	// Refuse, if set, decides per recipient: a non-nil error refuses it.
 	Refuse func(rcpt string) *smtp.SMTPError
 	// RefuseMail, if set, decides per sender: a non-nil error refuses the
@@ -55,6 +59,13 @@ type Options struct {
 	// IdleTimeout closes a connection idle this long (default 1 minute),
 	// as real servers do.
 	IdleTimeout time.Duration
+	// SMTPUTF8 offers SMTPUTF8 (RFC 6531).
+	SMTPUTF8 bool
+	// RecordCommands keeps every MAIL and RCPT command line as received,
+	// for Commands. The lines are taken from go-smtp's debug stream of all
+	// connections, so use it with one connection at a time; message lines
+	// that begin like a MAIL or RCPT command are listed too.
+	RecordCommands bool
 }
 
 // Sink is a running SMTP server that keeps what it receives.
@@ -68,7 +79,10 @@ type Sink struct {
 	count    int
 	sessions int
 	live     map[*trackedConn]bool // open connections
+	refused  int                   // OAuth tokens refused
 	arrived  chan struct{}
+	// stream is go-smtp's debug stream, with RecordCommands.
+	stream bytes.Buffer
 }
 
 // Start listens and serves until Close.
@@ -91,6 +105,15 @@ func Start(o Options) (*Sink, error) {
 	}
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = discardLogger{}
+	srv.EnableSMTPUTF8 = o.SMTPUTF8
+	if o.RecordCommands {
+		srv.Debug = streamWriter{s}
+	}
+	if o.OAuth != nil {
+		// Access tokens are long (Entra's are 2-3 KB): allow the AUTH line
+		// RFC 4954 allows (12,288 octets).
+		srv.MaxLineLength = 12288
+	}
 	var tcfg *tls.Config
 	if !o.NoTLS {
 		tcfg = &tls.Config{Certificates: []tls.Certificate{o.Cert}, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion}
@@ -156,6 +179,30 @@ func (s *Sink) Messages() []Message {
 	return append([]Message(nil), s.messages...)
 }
 
+// Commands returns the MAIL and RCPT command lines received so far, as
+// they were on the wire (without CRLF); it needs RecordCommands.
+func (s *Sink) Commands() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(s.stream.String(), "\r\n") {
+		if u := strings.ToUpper(l); strings.HasPrefix(u, "MAIL FROM:") || strings.HasPrefix(u, "RCPT TO:") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// streamWriter keeps go-smtp's debug stream (what the sink reads and
+// writes, after TLS) for Commands.
+type streamWriter struct{ s *Sink }
+
+func (w streamWriter) Write(b []byte) (int, error) {
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.s.stream.Write(b)
+}
+
 // trackingListener counts the connections the sink accepts and keeps the
 // open ones, for Close.
 type trackingListener struct {
@@ -198,6 +245,20 @@ func (s *Sink) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sessions
+}
+
+func (s *Sink) refusedToken() {
+	s.mu.Lock()
+	s.refused++
+	s.mu.Unlock()
+}
+
+// RefusedTokens returns how many OAuth logins were refused for a token
+// that was not valid (expired, revoked, or for another mailbox).
+func (s *Sink) RefusedTokens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
 }
 
 // Count returns the number of messages received, kept or discarded.
@@ -245,18 +306,32 @@ type session struct {
 	from string
 	to   []string
 	user string
+	utf8 bool
 }
 
 var _ smtp.AuthSession = (*session)(nil)
 
 func (s *session) AuthMechanisms() []string {
-	if s.sink.opts.Users == nil {
-		return nil
+	var mechs []string
+	if s.sink.opts.Users != nil {
+		mechs = append(mechs, sasl.Plain)
 	}
-	return []string{sasl.Plain}
+	if s.sink.opts.OAuth != nil {
+		mechs = append(mechs, mechXOAuth2, mechOAuthBearer)
+	}
+	return mechs
 }
 
+// loginRequired reports whether MAIL needs a login first.
+func (s *session) loginRequired() bool { return s.sink.opts.Users != nil || s.sink.opts.OAuth != nil }
+
 func (s *session) Auth(mech string) (sasl.Server, error) {
+	switch {
+	case (mech == mechXOAuth2 || mech == mechOAuthBearer) && s.sink.opts.OAuth != nil:
+		return &oauthServer{opts: s.sink.opts.OAuth, mech: mech, onSuccess: func(u string) { s.user = u }, onRefusal: s.sink.refusedToken}, nil
+	case mech != sasl.Plain || s.sink.opts.Users == nil:
+		return nil, errNoMech
+	}
 	return sasl.NewPlainServer(func(identity, user, pass string) error {
 		if want, ok := s.sink.opts.Users[user]; ok && want == pass {
 			s.user = user
@@ -266,8 +341,8 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	}), nil
 }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error {
-	if s.sink.opts.Users != nil && s.user == "" {
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.loginRequired() && s.user == "" {
 		return smtp.ErrAuthRequired
 	}
 	if f := s.sink.opts.RefuseMail; f != nil {
@@ -275,7 +350,7 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 			return err
 		}
 	}
-	s.from = from
+	s.from, s.utf8 = from, opts != nil && opts.UTF8
 	return nil
 }
 
@@ -297,11 +372,11 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 	state, _ := s.conn.TLSConnectionState()
-	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user})
+	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user, UTF8: s.utf8})
 	return nil
 }
 
-func (s *session) Reset()        { s.from, s.to = "", nil }
+func (s *session) Reset()        { s.from, s.to, s.utf8 = "", nil, false }
 func (s *session) Logout() error { return nil }
 
 type discardLogger struct{}

@@ -46,6 +46,9 @@ func (e *Envelope) appendJSON(b []byte) ([]byte, error) {
 	if e.Bounce {
 		b = append(b, `,"bounce":true`...)
 	}
+	if e.UTF8 {
+		b = append(b, `,"smtputf8":true`...)
+	}
 	if e.Prepend != "" {
 		b = append(b, `,"prepend":`...)
 		b = appendJSONString(b, e.Prepend)

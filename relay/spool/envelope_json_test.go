@@ -25,6 +25,7 @@ func TestEnvelopeJSONMatchesEncodingJSON(t *testing.T) {
 		{},
 		{ID: "1a202ab1f68g475so2c5drsvmdz", From: "app@sender.test", Recipients: []string{"a@example.test", "b@example.test"}, Received: at, Size: 1024},
 		{From: "", Recipients: []string{}, Received: at.In(time.FixedZone("x", 3600)), Bounce: true},
+		{From: "ünï@ex.test", Recipients: []string{`"john doe"@ex.test`}, Received: at, UTF8: true},
 		{Client: "127.0.0.1:4242", Helo: "legacy.app", Prepend: "DKIM-Signature: v=1;\r\n\tb=abc\r\n", Received: at},
 		{From: "\"quoted\\name\"@x <&> \u2028\u2029 \x00\x01\x1f\x7f \b\f é \xff\xfe", Recipients: []string{"ünï@ex.test"}},
 		{Received: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
@@ -34,10 +35,10 @@ func TestEnvelopeJSONMatchesEncodingJSON(t *testing.T) {
 }
 
 func FuzzEnvelopeJSON(f *testing.F) {
-	f.Add("id", "from@x.test", "rcpt@y.test", "127.0.0.1:1", "helo", "DKIM-Signature: a\r\n", int64(5), int64(1763800000), false)
-	f.Add("<>", "\u2028", "\xff", "\x00", "&amp;", "\t\b\f", int64(-1), int64(-70000000000), true)
-	f.Fuzz(func(t *testing.T, id, from, rcpt, client, helo, prepend string, size, unix int64, bounce bool) {
+	f.Add("id", "from@x.test", "rcpt@y.test", "127.0.0.1:1", "helo", "DKIM-Signature: a\r\n", int64(5), int64(1763800000), false, true)
+	f.Add("<>", "\u2028", "\xff", "\x00", "&amp;", "\t\b\f", int64(-1), int64(-70000000000), true, false)
+	f.Fuzz(func(t *testing.T, id, from, rcpt, client, helo, prepend string, size, unix int64, bounce, utf8 bool) {
 		checkEnvelopeJSON(t, Envelope{ID: id, From: from, Recipients: []string{rcpt, from}, Received: time.Unix(unix, size).UTC(),
-			Client: client, Helo: helo, Bounce: bounce, Prepend: prepend, Size: size})
+			Client: client, Helo: helo, Bounce: bounce, UTF8: utf8, Prepend: prepend, Size: size})
 	})
 }

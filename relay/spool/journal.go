@@ -38,9 +38,17 @@ import (
 //
 // Record: "TRJ1", type byte ('M' message, 'D' done), payload length
 // (uint32, big endian), CRC-32C of type and payload, payload. A message's
-// payload is its JSON envelope, a newline, and the body. Reading stops at
-// the first damaged record of a segment: only the tail written after the
-// last fdatasync can be damaged, and nothing there was ever acknowledged.
+// payload is its JSON envelope (at most MaxEnvelopeBytes), a newline, and
+// the body (at most journalMaxMessage): the reader takes exactly that much.
+//
+// A damaged record (a write cut off by a crash or power loss, or damage
+// from outside) does not end the reading: the reader skips forward to the
+// next record whose checksum proves it whole, since a record's payload
+// may hold the magic bytes but not, by chance, a verifying record. A
+// segment that could not be read to its end is never deleted: at start
+// (Recover) its live messages, and those of older segments whose done
+// records it may have held, are moved out to msg/, and then the segment
+// is moved to corrupt/ and reported (see salvage.go).
 
 const (
 	// journalMaxMessage is the largest body kept in memory while it is
@@ -48,7 +56,7 @@ const (
 	journalMaxMessage = 64 << 10
 	recordMagic       = "TRJ1"
 	recordHeaderSize  = 13
-	maxRecordPayload  = journalMaxMessage + maxTrailerBytes
+	maxRecordPayload  = MaxEnvelopeBytes + 1 + journalMaxMessage
 	recMessage        = 'M'
 	recDone           = 'D'
 )
@@ -65,6 +73,9 @@ type segment struct {
 	size   int64 // bytes written (or read, for an old segment)
 	live   int   // messages in it not yet done
 	failed bool  // a write failed: start a new segment
+	// unreadable counts the bytes of an old segment that are in no intact
+	// record; such a segment is damaged, and never deleted.
+	unreadable int64
 }
 
 // jmsg is where a live message of the journal is.
@@ -108,7 +119,7 @@ type journal struct {
 }
 
 func openJournal(dir string, skip func(string) bool) (*journal, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return nil, err
 	}
 	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip, arrived: make(chan struct{}, 1)}
@@ -149,7 +160,8 @@ func (j *journal) load() error {
 		if err != nil {
 			return err
 		}
-		seg.size = readRecords(io.NewSectionReader(seg.f, 0, fi.Size()), func(typ byte, payload []byte, off int64) {
+		seg.size = fi.Size()
+		seg.unreadable = readRecords(seg.f, fi.Size(), func(typ byte, payload []byte, off int64) {
 			j.apply(seg, typ, payload, off)
 		})
 	}
@@ -174,30 +186,115 @@ func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 	}
 }
 
-// readRecords calls fn for every intact record of a segment and returns
-// the offset after the last one.
-func readRecords(r io.ReaderAt, fn func(typ byte, payload []byte, off int64)) int64 {
+// readRecords calls fn for every intact record of a segment of the given
+// size, in order, and returns how many bytes are in none. After a damaged
+// record it resumes at the next record whose checksum verifies.
+func readRecords(r io.ReaderAt, size int64, fn func(typ byte, payload []byte, off int64)) (unreadable int64) {
 	var off int64
 	hdr := make([]byte, recordHeaderSize)
-	for {
-		if _, err := r.ReadAt(hdr, off); err != nil {
-			return off
+	var scratch []byte
+	for off < size {
+		if payload, ok := readRecord(r, size, off, hdr); ok {
+			fn(hdr[4], payload, off)
+			off += recordHeaderSize + int64(len(payload))
+			continue
 		}
-		n := binary.BigEndian.Uint32(hdr[5:9])
-		if string(hdr[:4]) != recordMagic || n > maxRecordPayload {
-			return off
+		if scratch == nil {
+			scratch = make([]byte, 64<<10)
 		}
-		payload := make([]byte, n)
-		if _, err := r.ReadAt(payload, off+recordHeaderSize); err != nil {
-			return off
-		}
-		crc := crc32.Update(crc32.Checksum(hdr[4:5], castagnoli), castagnoli, payload)
-		if crc != binary.BigEndian.Uint32(hdr[9:13]) {
-			return off
-		}
-		fn(hdr[4], payload, off)
-		off += recordHeaderSize + int64(n)
+		next := resync(r, size, off+1, scratch)
+		unreadable += next - off
+		off = next
 	}
+	return unreadable
+}
+
+// recordLen checks the header of a record at off in hdr (already read)
+// and returns its payload length; ok is false when the header cannot
+// start a record that fits in size bytes. It bounds what a corrupt length
+// field can make a reader allocate.
+func recordLen(hdr []byte, off, size int64) (int64, bool) {
+	if string(hdr[:4]) != recordMagic || (hdr[4] != recMessage && hdr[4] != recDone) {
+		return 0, false
+	}
+	n := int64(binary.BigEndian.Uint32(hdr[5:9]))
+	return n, n <= maxRecordPayload && n <= size-off-recordHeaderSize
+}
+
+// readRecord reads the record at off into hdr and a new payload; ok only
+// when it is whole and its checksum verifies.
+func readRecord(r io.ReaderAt, size, off int64, hdr []byte) ([]byte, bool) {
+	if size-off < recordHeaderSize {
+		return nil, false
+	}
+	if _, err := r.ReadAt(hdr, off); err != nil {
+		return nil, false
+	}
+	n, ok := recordLen(hdr, off, size)
+	if !ok {
+		return nil, false
+	}
+	payload := make([]byte, n)
+	if _, err := r.ReadAt(payload, off+recordHeaderSize); err != nil {
+		return nil, false
+	}
+	crc := crc32.Update(crc32.Checksum(hdr[4:5], castagnoli), castagnoli, payload)
+	return payload, crc == binary.BigEndian.Uint32(hdr[9:13])
+}
+
+// verifyRecord reports whether a whole record whose checksum verifies
+// starts at off, reading its payload through scratch rather than
+// allocating it: a damaged stretch may hold many false starts.
+func verifyRecord(r io.ReaderAt, size, off int64, scratch []byte) bool {
+	var hdr [recordHeaderSize]byte
+	if size-off < recordHeaderSize {
+		return false
+	}
+	if _, err := r.ReadAt(hdr[:], off); err != nil {
+		return false
+	}
+	n, ok := recordLen(hdr[:], off, size)
+	if !ok {
+		return false
+	}
+	crc := crc32.Checksum(hdr[4:5], castagnoli)
+	for pos := off + recordHeaderSize; n > 0; {
+		b := scratch[:min(n, int64(len(scratch)))]
+		if _, err := r.ReadAt(b, pos); err != nil {
+			return false
+		}
+		crc = crc32.Update(crc, castagnoli, b)
+		pos += int64(len(b))
+		n -= int64(len(b))
+	}
+	return crc == binary.BigEndian.Uint32(hdr[9:13])
+}
+
+// resync returns the offset of the first verifying record at or after
+// from, or size when there is none.
+func resync(r io.ReaderAt, size, from int64, scratch []byte) int64 {
+	buf := make([]byte, 64<<10)
+	for pos := from; size-pos >= recordHeaderSize; {
+		n, _ := r.ReadAt(buf[:min(int64(len(buf)), size-pos)], pos)
+		if n < len(recordMagic) {
+			return size // unreadable from here on
+		}
+		chunk := buf[:n]
+		for i := 0; ; {
+			k := bytes.Index(chunk[i:], []byte(recordMagic))
+			if k < 0 {
+				break
+			}
+			if c := pos + int64(i+k); verifyRecord(r, size, c, scratch) {
+				return c
+			}
+			i += k + 1
+		}
+		// The next chunk overlaps this one by less than a magic, so no
+		// candidate is tried twice.
+		pos += int64(n - len(recordMagic) + 1)
+	}
+	return size
 }
 
 func decodeMessagePayload(p []byte) (Envelope, int64, bool) {
@@ -230,9 +327,12 @@ func encodeRecord(typ byte, parts ...[]byte) []byte {
 
 // commitMessage makes a message durable in the journal.
 func (j *journal) commitMessage(env Envelope, body []byte) error {
-	hdr, err := env.appendJSON(nil)
+	hdr, err := encodeEnvelope(&env)
 	if err != nil {
 		return err
+	}
+	if len(hdr)+1+len(body) > maxRecordPayload { // Pending keeps bodies below journalMaxMessage
+		return fmt.Errorf("spool: journal record of %d bytes exceeds the reader's limit", len(hdr)+1+len(body))
 	}
 	m := &jmsg{env: env}
 	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, msg: m}
@@ -399,6 +499,10 @@ func (j *journal) write(seg *segment, batch []*jreq) error {
 	}
 	if durable {
 		if err := unix.Fdatasync(int(seg.f.Fd())); err != nil {
+			// None of the batch is acknowledged: cut it off, so that it
+			// does not come back at the next start either (as far as the
+			// disk still obeys), and go on in a new segment.
+			seg.f.Truncate(seg.size)
 			seg.failed = true
 			return fmt.Errorf("spool: journal sync: %w", err)
 		}
@@ -414,11 +518,12 @@ var writeSegment = (*os.File).WriteAt
 
 // collect deletes the oldest segments while they hold no live message. In
 // order only: a done record for a message of one segment can sit in a
-// later one, which must therefore outlive it.
+// later one, which must therefore outlive it. A damaged segment is never
+// deleted (salvage moves it aside), and nothing after it goes before it.
 func (j *journal) collect() {
 	j.mu.Lock()
 	var gone []*segment
-	for len(j.segs) > 0 && j.segs[0] != j.cur && j.segs[0].live == 0 {
+	for len(j.segs) > 0 && j.segs[0] != j.cur && j.segs[0].live == 0 && j.segs[0].unreadable == 0 {
 		gone = append(gone, j.segs[0])
 		j.segs = j.segs[1:]
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,15 +93,18 @@ func TestJournalCommitsSmallMessagesAndRecoversThem(t *testing.T) {
 	}
 }
 
-// TestJournalIgnoresATornTail appends what a crash in the middle of a write
-// leaves: the acknowledged messages before it survive, and new ones go to
-// a new segment.
-func TestJournalIgnoresATornTail(t *testing.T) {
+// TestJournalTornTailIsSavedAndMovedAside appends what a crash in the
+// middle of a write leaves: the acknowledged messages before it survive
+// (moved to files of their own), the segment goes to corrupt/ rather than
+// being deleted, the damage is reported, and new messages go to a new
+// segment.
+func TestJournalTornTailIsSavedAndMovedAside(t *testing.T) {
 	dir := t.TempDir()
 	s := openRecovered(t, dir)
 	a := commitSmall(t, s, "one\r\n")
 	b := commitSmall(t, s, "two\r\n")
-	seg := filepath.Join(dir, "journal", segments(t, dir)[0])
+	name := segments(t, dir)[0]
+	seg := filepath.Join(dir, "journal", name)
 	full := encodeRecord(recMessage, []byte(`{"id":"1zzz","rcpt":["x@y"],"size":3}`), []byte("\nabc"))
 	f, _ := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
 	f.Write(full[:len(full)-2]) // torn
@@ -111,13 +115,27 @@ func TestJournalIgnoresATornTail(t *testing.T) {
 	if len(ids) != 2 || readBody(t, s2, a) != "one\r\n" || readBody(t, s2, b) != "two\r\n" {
 		t.Fatalf("after a torn tail: %v", ids)
 	}
+	if s2.InJournal(a) || s2.InJournal(b) {
+		t.Error("the messages of a damaged segment are still in the journal")
+	}
+	d := s2.Damaged()
+	if len(d) != 1 || d[0].Segment != seg || d[0].Recovered != 2 || d[0].Unreadable != int64(len(full)-2) || d[0].Err != nil ||
+		d[0].MovedTo != filepath.Join(dir, "corrupt", name) {
+		t.Fatalf("damage reported: %+v", d)
+	}
+	if _, err := os.Stat(d[0].MovedTo); err != nil {
+		t.Fatalf("the damaged segment is not in corrupt/: %v", err)
+	}
 	c := commitSmall(t, s2, "three\r\n")
-	if n := len(segments(t, dir)); n != 2 {
-		t.Errorf("%d segments; a new one must follow a torn tail", n)
+	if segs := segments(t, dir); len(segs) != 1 || segs[0] == name {
+		t.Errorf("segments %v; a new one must follow a torn tail", segs)
 	}
 	s3 := openRecovered(t, dir)
-	if ids, _ := s3.List(); len(ids) != 3 || readBody(t, s3, c) != "three\r\n" {
+	if ids, _ := s3.List(); len(ids) != 3 || readBody(t, s3, c) != "three\r\n" || readBody(t, s3, a) != "one\r\n" {
 		t.Fatalf("after writing behind a torn tail: %v", ids)
+	}
+	if d := s3.Damaged(); len(d) != 0 {
+		t.Errorf("damage reported again at the next start: %+v", d)
 	}
 }
 
@@ -274,23 +292,40 @@ func TestGroupWaitsForMessagesBeingReceived(t *testing.T) {
 	})
 }
 
+// FuzzJournalRecords feeds the segment reader arbitrary bytes: every
+// record it reports lies inside the data, in order and without overlap,
+// records and unreadable bytes add up to the whole, and a whole record
+// after any damage is still found.
 func FuzzJournalRecords(f *testing.F) {
-	f.Add(encodeRecord(recMessage, []byte(`{"id":"1abc","rcpt":["c@d"],"size":2}`), []byte("\nhi")))
-	f.Add(append(encodeRecord(recMessage, []byte(`{"id":"1abc","rcpt":["c@d"],"size":2}`), []byte("\nhi")), encodeRecord(recDone, []byte("1abc"))...))
+	msg := encodeRecord(recMessage, []byte(`{"id":"1abc","rcpt":["c@d"],"size":2}`), []byte("\nhi"))
+	f.Add(msg)
+	f.Add(append(slices.Clip(msg), encodeRecord(recDone, []byte("1abc"))...))
 	f.Add([]byte("TRJ1M\xff\xff\xff\xff"))
+	f.Add(append([]byte("TRJ1M\x00\x00\x00\x05\x00\x00\x00\x00TRJ1"), msg...))
+	f.Add(append(slices.Clip(msg[:len(msg)-1]), msg...))
+	sentinel := encodeRecord(recDone, []byte("sentinel"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		end := readRecords(bytes.NewReader(data), func(typ byte, payload []byte, off int64) {
-			if off < 0 || off+recordHeaderSize+int64(len(payload)) > int64(len(data)) {
-				t.Fatalf("record outside the data at %d", off)
-			}
-			if typ == recMessage {
-				if env, bodyOff, ok := decodeMessagePayload(payload); ok && (bodyOff+env.Size != int64(len(payload)) || !validID(env.ID)) {
-					t.Fatalf("inconsistent message record %+v", env)
+		for _, in := range [][]byte{data, append(slices.Clip(data), sentinel...)} {
+			var covered, next int64
+			unreadable := readRecords(bytes.NewReader(in), int64(len(in)), func(typ byte, payload []byte, off int64) {
+				end := off + recordHeaderSize + int64(len(payload))
+				if off < next || end > int64(len(in)) {
+					t.Fatalf("record at %d..%d: out of order or outside the data (%d bytes, previous ended at %d)", off, end, len(in), next)
 				}
+				if typ == recMessage {
+					if env, bodyOff, ok := decodeMessagePayload(payload); ok && (bodyOff+env.Size != int64(len(payload)) || !validID(env.ID)) {
+						t.Fatalf("inconsistent message record %+v", env)
+					}
+				}
+				covered += end - off
+				next = end
+			})
+			if unreadable < 0 || covered+unreadable != int64(len(in)) {
+				t.Fatalf("%d bytes in records and %d unreadable of %d", covered, unreadable, len(in))
 			}
-		})
-		if end < 0 || end > int64(len(data)) {
-			t.Fatalf("end %d of %d", end, len(data))
+			if len(in) > len(data) && next != int64(len(in)) {
+				t.Fatalf("the whole record at the end (after %d bytes of anything) was not found", len(data))
+			}
 		}
 	})
 }

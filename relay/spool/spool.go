@@ -9,7 +9,8 @@
 //	          JSON trailer (written last, so that anything decided after the
 //	          body arrived, like a DKIM signature, is part of the commit)
 //	state/    per-message delivery state, rewritten atomically
-//	corrupt/  files that failed to decode, kept for a person to look at
+//	corrupt/  files that failed to decode, and journal segments that could
+//	          not be read to their end, kept for a person to look at
 //
 // A message larger than the journal takes (64 KiB) is committed by
 // writing it to an anonymous file (O_TMPFILE;
@@ -20,6 +21,10 @@
 // start); after it, the message is recovered. Directory fsyncs are shared
 // between messages committed at the same moment (group commit) without
 // weakening this order.
+//
+// Whatever the spool commits it can read back: an envelope is at most
+// MaxEnvelopeBytes encoded, and a larger one is refused at commit with an
+// *EnvelopeTooLargeError before anything is acknowledged.
 package spool
 
 import (
@@ -32,6 +37,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,6 +58,9 @@ type Envelope struct {
 	Helo       string    `json:"helo,omitempty"`
 	// Bounce marks a delivery status notification the relay generated.
 	Bounce bool `json:"bounce,omitempty"`
+	// UTF8 marks a message submitted with SMTPUTF8: its addresses may be
+	// non-ASCII, and it goes upstream with SMTPUTF8.
+	UTF8 bool `json:"smtputf8,omitempty"`
 	// Prepend is header text sent before the body, e.g. a DKIM-Signature
 	// computed over the body after it was received.
 	Prepend string `json:"prepend,omitempty"`
@@ -69,6 +78,9 @@ type Store struct {
 	msgDir    string
 	stateDir  string
 	j         *journal
+	log       *slog.Logger
+	// damage lists the journal segments Recover found damaged.
+	damage []SegmentDamage
 
 	// states holds the ids that have a state file: most messages never
 	// get one, and asking the file system each time costs a failed open
@@ -79,9 +91,46 @@ type Store struct {
 
 const magic = "tlsrelay-spool 1\n"
 
-// maxTrailerBytes bounds the envelope trailer, so a corrupt file cannot
-// make the decoder read a whole disk into memory.
-const maxTrailerBytes = 4 << 20
+// MaxEnvelopeBytes is the largest envelope the spool stores: the size of
+// its encoding (JSON, with every address quoted and escaped), which goes
+// into a journal record or a message file's trailer. The readers of both
+// take exactly this much, so anything committed can be read back; a
+// larger envelope is refused at commit with an *EnvelopeTooLargeError.
+// The relay keeps transactions below it at RCPT (see EncodedLen). It also
+// bounds what a corrupt file can make a reader allocate.
+const MaxEnvelopeBytes = 4 << 20
+
+// EnvelopeTooLargeError is returned by a commit whose envelope encodes to
+// more than MaxEnvelopeBytes: nothing of the message was stored.
+type EnvelopeTooLargeError struct {
+	ID   string
+	Size int // the encoded size
+}
+
+// Error says how large the envelope is and what the limit is.
+func (e *EnvelopeTooLargeError) Error() string {
+	return fmt.Sprintf("envelope of %s is %d bytes encoded, more than the spool's limit of %d (too many or too long addresses)", e.ID, e.Size, MaxEnvelopeBytes)
+}
+
+// EncodedLen returns how many bytes s takes as a value in an encoded
+// envelope: quoted and escaped as JSON (the characters " \ < > & take two
+// or six bytes each). A recipient address adds EncodedLen(addr)+1 (the
+// separating comma) to an envelope's size.
+func EncodedLen(s string) int {
+	return len(appendJSONString(nil, s))
+}
+
+// encodeEnvelope encodes env, refusing one larger than MaxEnvelopeBytes.
+func encodeEnvelope(env *Envelope) ([]byte, error) {
+	b, err := env.appendJSON(nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxEnvelopeBytes {
+		return nil, &EnvelopeTooLargeError{ID: env.ID, Size: len(b)}
+	}
+	return b, nil
+}
 
 // trailerLenSize is the size of the trailer's last line: 16 hex digits
 // giving the length of the JSON envelope, and a newline.
@@ -95,8 +144,9 @@ func Open(dir string) (*Store, error) {
 		tmpDir:   filepath.Join(dir, "tmp"),
 		msgDir:   filepath.Join(dir, "msg"),
 		stateDir: filepath.Join(dir, "state"),
+		log:      slog.Default(),
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	fi, err := os.Stat(dir)
@@ -107,7 +157,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("spool: %s is writable by group or others (mode %v); run chmod 700 %s", dir, fi.Mode().Perm(), dir)
 	}
 	for _, sub := range []string{s.tmpDir, s.msgDir, s.stateDir, filepath.Join(dir, "corrupt")} {
-		if err := os.MkdirAll(sub, 0o700); err != nil {
+		if err := mkdirDurable(sub); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
 	}
@@ -133,6 +183,15 @@ func Open(dir string) (*Store, error) {
 
 // Dir returns the spool directory.
 func (s *Store) Dir() string { return s.dir }
+
+// SetLogger sets where the spool reports what it cannot return as an
+// error: a commit that succeeded although something after it failed.
+// The default is slog.Default().
+func (s *Store) SetLogger(l *slog.Logger) {
+	if l != nil {
+		s.log = l
+	}
+}
 
 // NewID returns a fresh queue id: sortable by time, unique without
 // coordination, and safe as a file name.
@@ -296,7 +355,7 @@ func (p *Pending) Commit() error {
 		return nil
 	}
 	final := filepath.Join(p.store.msgDir, p.env.ID)
-	trailer, err := p.env.appendJSON(nil)
+	trailer, err := encodeEnvelope(&p.env)
 	if err == nil {
 		p.w.WriteByte('\n')
 		p.w.Write(trailer)
@@ -309,23 +368,37 @@ func (p *Pending) Commit() error {
 	if err == nil {
 		err = p.publish(final)
 	}
-	if cerr := p.f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		// Not linked into msg/: nothing is left behind.
+		p.f.Close()
 		if !p.anonymous {
 			os.Remove(p.f.Name())
 		}
 		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
 	}
+	// Linked into msg/. The answer must match what a restart finds: the
+	// message is committed exactly when its name is durable.
 	if err := p.store.msgSync.Sync(); err != nil {
-		// The name may or may not survive a crash; the client gets a
-		// temporary error and retries, at worst causing a duplicate.
+		// The name may or may not survive a crash; take it back. The
+		// client gets a temporary error and retries, at worst causing a
+		// duplicate.
 		os.Remove(final)
+		p.f.Close()
 		return fmt.Errorf("spool: commit %s: %w", p.env.ID, err)
+	}
+	// Data and name are synced: the message is committed whatever close
+	// says (failing here would have the client retry a message the spool
+	// keeps, and deliver it twice).
+	if err := closeFile(p.f); err != nil {
+		p.store.log.Warn("spool: closing a committed message's file failed; the message is committed and will be delivered",
+			"id", p.env.ID, "error", err)
 	}
 	return nil
 }
+
+// closeFile closes a message's file after its commit; tests replace it to
+// make the close fail.
+var closeFile = (*os.File).Close
 
 // Abort discards the message.
 func (p *Pending) Abort() {
@@ -434,7 +507,7 @@ func Decode(r io.ReaderAt, size int64) (Envelope, error) {
 		return env, fmt.Errorf("%w: trailer: %v", ErrCorrupt, err)
 	}
 	n, err := strconv.ParseUint(string(tail[:16]), 16, 32)
-	if err != nil || tail[16] != '\n' || n > maxTrailerBytes {
+	if err != nil || tail[16] != '\n' || n > MaxEnvelopeBytes {
 		return env, fmt.Errorf("%w: trailer length", ErrCorrupt)
 	}
 	start := size - trailerLenSize - int64(n) - 2 // the "\n" before the JSON
@@ -504,9 +577,10 @@ func (s *Store) Quarantine(id string) error {
 	return os.Rename(filepath.Join(s.msgDir, id), filepath.Join(s.dir, "corrupt", id))
 }
 
-// Recover clears tmp/ (messages never acknowledged), removes state files
-// whose message is gone, and returns the ids of all committed messages,
-// oldest first.
+// Recover clears tmp/ (messages never acknowledged), saves what can be
+// read of damaged journal segments and moves them to corrupt/ (reported
+// by Damaged), removes state files whose message is gone, and returns the
+// ids of all committed messages, oldest first.
 func (s *Store) Recover() ([]string, error) {
 	tmp, err := os.ReadDir(s.tmpDir)
 	if err != nil {
@@ -516,6 +590,7 @@ func (s *Store) Recover() ([]string, error) {
 		os.Remove(filepath.Join(s.tmpDir, e.Name()))
 	}
 	s.j.setWritable()
+	s.damage = s.salvage()
 	s.j.collect()
 	ids, err := s.List()
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"tlsrelay/relay/durable"
 )
 
 // RecipientStatus is where one recipient of a message stands.
@@ -110,34 +112,9 @@ func (s *Store) SaveState(id string, st State) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(s.stateDir, id), raw); err != nil {
+	if err := durable.WriteFile(filepath.Join(s.stateDir, id), raw, 0o600); err != nil {
 		return err
 	}
 	s.setHasState(id, true)
 	return nil
-}
-
-// writeFileAtomic writes data to path so that a reader sees the old
-// content or the new one, never a mix, even after a crash.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
 }

@@ -11,14 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/textproto"
 	"strings"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
-
 	"tlsrelay/policy"
+	"tlsrelay/relay/oauth"
 )
 
 // Dialer opens verified connections to upstreams.
@@ -29,6 +26,8 @@ type Dialer struct {
 	Timeout time.Duration
 	// Clock is the time certificates are verified at; nil means now.
 	Clock policy.Clock
+	// Tokens provides the access tokens of OAuth destinations.
+	Tokens *oauth.Registry
 }
 
 // Conn is an SMTP connection to an upstream whose TLS has been verified.
@@ -43,10 +42,10 @@ type Conn struct {
 	// Established is when the connection was verified.
 	Established time.Time
 
-	raw net.Conn          // the TCP connection
-	tc  *tls.Conn         // the verified TLS connection over it
-	r   *textproto.Reader // replies, read from tc
-	// budget bounds what one reply may make r read.
+	raw net.Conn      // the TCP connection
+	tc  *tls.Conn     // the verified TLS connection over it
+	br  *bufio.Reader // replies, read from raw before TLS and tc after
+	// budget bounds what one reply may make br read.
 	budget *budgetReader
 	w      *bufio.Writer     // commands and bodies, written to tc
 	ext    map[string]string // EHLO keywords offered over TLS, upper case
@@ -68,8 +67,8 @@ func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, err
 	if err != nil {
 		return nil, err
 	}
-	if dest.AuthUsername != "" {
-		if err := conn.auth(); err != nil {
+	if dest.LogsIn() {
+		if err := conn.auth(ctx, d.Tokens); err != nil {
 			conn.Close()
 			return nil, err
 		}
@@ -101,10 +100,12 @@ func (d *Dialer) dialTLS(ctx context.Context, dest *policy.Destination, observe 
 	// Verification already ran inside the handshake; running it once more
 	// on the final state makes "this connection is verified" a fact checked
 	// right here, not an assumption about crypto/tls's callbacks.
-	if err := dest.VerifyState(conn.TLS, clock); err != nil {
+	chains, err := dest.VerifyState(conn.TLS, clock)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
+	conn.TLS.VerifiedChains = chains
 	conn.Established = clock()
 
 	conn.raw.SetDeadline(time.Now().Add(commandTimeout))
@@ -145,9 +146,13 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 	if dl, ok := ctx.Deadline(); ok {
 		raw.SetDeadline(dl)
 	}
+	// A cancelled ctx (shutdown, a reload retiring this policy) interrupts
+	// the plaintext phase too, not only the dial and the handshake.
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	c := &Conn{Dest: dest, raw: raw}
 	if dest.Mode == policy.StartTLS {
-		if err := c.startTLS(d.LocalName); err != nil {
+		if err := c.startTLS(d.LocalName, d.Timeout); err != nil {
 			raw.Close()
 			return c, err
 		}
@@ -159,17 +164,18 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 	}
 	c.TLS = tc.ConnectionState()
 	c.tc = tc
-	c.newWire()
+	c.newWire(tc)
 	if dest.Mode == policy.Implicit {
 		// With implicit TLS the banner comes over TLS; after STARTTLS
 		// there is none (the plaintext one was read by startTLS).
 		rep, err := c.readReply()
-		if err != nil || rep.code != 220 {
+		if err != nil {
 			raw.Close()
-			if err == nil {
-				err = rep.err()
-			}
-			return nil, smtpFailure(dest, "greeting", err)
+			return nil, dialFailure(dest, "greeting", d.Timeout, err)
+		}
+		if rep.code != 220 {
+			raw.Close()
+			return nil, smtpFailure(dest, "greeting", rep.err())
 		}
 		c.Greeting = firstLine(rep.text)
 	}
@@ -180,24 +186,29 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 // startTLS runs the plaintext part of a STARTTLS session: greeting, EHLO,
 // STARTTLS. It is done here rather than by go-smtp's client so that the
 // EHLO carries our name and the TLS handshake is ours to run and check
-// before anything else is said.
-func (c *Conn) startTLS(localName string) error {
+// before anything else is said. Its replies are read with the same bounds
+// as after TLS (readReply): before TLS, anyone on the path can write them.
+// timeout is connect_timeout, for the words of a failure.
+func (c *Conn) startTLS(localName string, timeout time.Duration) error {
 	dest := c.Dest
-	tp := textproto.NewConn(c.raw)
-	_, msg, err := tp.ReadResponse(220)
+	c.newWire(c.raw)
+	rep, err := c.readReply()
 	if err != nil {
-		return smtpFailure(dest, "greeting", err)
+		return dialFailure(dest, "greeting", timeout, err)
 	}
-	c.Greeting = firstLine(msg)
-	if err := tp.PrintfLine("EHLO %s", localName); err != nil {
-		return smtpFailure(dest, "EHLO", err)
+	c.Greeting = firstLine(rep.text)
+	if rep.code != 220 {
+		return plainRefusal(dest, "its greeting", rep)
 	}
-	_, msg, err = tp.ReadResponse(250)
+	rep, err = c.cmd("EHLO " + localName)
 	if err != nil {
-		return smtpFailure(dest, "EHLO", err)
+		return dialFailure(dest, "EHLO", timeout, err)
+	}
+	if rep.code != 250 {
+		return plainRefusal(dest, "EHLO", rep)
 	}
 	offered := false
-	lines := strings.Split(msg, "\n")
+	lines := strings.Split(rep.text, "\n")
 	for _, l := range lines[1:] {
 		kw := strings.ToUpper(strings.Fields(l + " x")[0])
 		c.PlainExtensions = append(c.PlainExtensions, l)
@@ -210,23 +221,86 @@ func (c *Conn) startTLS(localName string) error {
 			Detail: fmt.Sprintf("the server did not offer STARTTLS (it offered: %s); refused to send in plaintext", strings.Join(c.PlainExtensions, ", ")),
 			Fix:    "enable STARTTLS on the server, or find what between here and there strips it (a firewall's SMTP inspection often does); if the server does TLS from the first byte, set tls = \"implicit\""}
 	}
-	if err := tp.PrintfLine("STARTTLS"); err != nil {
-		return smtpFailure(dest, "STARTTLS", err)
+	rep, err = c.cmd("STARTTLS")
+	if err != nil {
+		return dialFailure(dest, "STARTTLS", timeout, err)
 	}
-	if _, _, err := tp.ReadResponse(220); err != nil {
-		f := smtpFailure(dest, "STARTTLS", err)
-		f.Class = policy.StartTLSMissing
-		f.Fix = "the server advertised STARTTLS but refused it; check its TLS configuration (certificate and key loaded)"
-		return f
+	switch {
+	case rep.code/100 == 4 || rep.code/100 == 5:
+		return &policy.Failure{Class: policy.StartTLSMissing, Host: dest.Upstream, Err: rep.err(),
+			Detail: fmt.Sprintf("the server refused STARTTLS: %d %s", rep.code, clipLine(firstLine(rep.text))),
+			Fix:    "the server advertised STARTTLS but refused it; check its TLS configuration (certificate and key loaded)"}
+	case rep.code != 220:
+		return &policy.Failure{Class: policy.Protocol, Host: dest.Upstream, Err: rep.err(),
+			Detail: fmt.Sprintf("the server answered STARTTLS with %d %s, not 220; TLS was not started", rep.code, clipLine(firstLine(rep.text))),
+			Fix:    "this is not how an SMTP server answers STARTTLS; check what answers on this address and port"}
 	}
 	// Anything already buffered arrived before TLS but would be read as if
 	// it came after: the command injection of CVE-2011-0411. Refuse.
-	if tp.R.Buffered() > 0 {
+	if c.br.Buffered() > 0 {
 		return &policy.Failure{Class: policy.Handshake, Host: dest.Upstream,
 			Detail: "the server (or something in between) sent data after the STARTTLS reply, before the handshake",
 			Fix:    "this is a sign of tampering or a broken server; do not use this path until it is explained"}
 	}
 	return nil
+}
+
+// dialFailure names a failure to read a reply (or to write a command)
+// while connecting: before TLS, or the greeting over implicit TLS. A
+// timeout is the server not answering within connect_timeout, a close or
+// reset the connection breaking, a reply over the bounds or not in SMTP's
+// form a protocol failure; none of them is a refusal.
+func dialFailure(dest *policy.Destination, stage string, timeout time.Duration, err error) *policy.Failure {
+	f := &policy.Failure{Host: dest.Upstream, Err: err}
+	within := "within connect_timeout"
+	if timeout > 0 {
+		within += " (" + timeout.String() + ")"
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, errReplyTooLong):
+		f.Class = policy.Protocol
+		f.Detail = fmt.Sprintf("the server's reply to %s is not an SMTP reply: %v", stage, err)
+		f.Fix = "an SMTP server's replies are a few short lines; check what answers on this address and port, and whether something on the path rewrites the dialogue"
+	case errors.Is(err, errMalformedReply):
+		f.Class = policy.Protocol
+		f.Detail = fmt.Sprintf("the server's reply to %s is not an SMTP reply: %v", stage, err)
+		f.Fix = "check that this address and port are an SMTP server's (and, for tls = \"implicit\", one that does TLS from the first byte)"
+	case errors.As(err, &ne) && ne.Timeout():
+		f.Class = policy.Connect
+		if stage == "greeting" {
+			f.Detail = "the server accepted the connection but sent no complete greeting " + within
+		} else {
+			f.Detail = fmt.Sprintf("the server sent no complete reply to %s %s", stage, within)
+		}
+		f.Fix = "the server is overloaded or hangs, or something on the path holds the connection; check the server, or raise connect_timeout if it is merely slow"
+	default:
+		f.Class = policy.Connect
+		if stage == "greeting" {
+			f.Detail = fmt.Sprintf("the connection broke before the server's greeting was complete: %v", err)
+		} else {
+			f.Detail = fmt.Sprintf("the connection broke at %s, before a complete reply: %v", stage, err)
+		}
+		f.Fix = "the server (or something on the path) closed or reset the connection; check the server's logs and limits (connection rate, client address); the relay will retry"
+	}
+	return f
+}
+
+// plainRefusal is a reply other than the expected one to the greeting or
+// EHLO before TLS: 4xx and 5xx are named as the upstream's answers, but
+// never make a message bounce, since anyone on the path can write them.
+func plainRefusal(dest *policy.Destination, stage string, rep reply) *policy.Failure {
+	if rep.code/100 != 4 && rep.code/100 != 5 {
+		return &policy.Failure{Class: policy.Protocol, Host: dest.Upstream, Err: rep.err(),
+			Detail: fmt.Sprintf("the server answered %s with %d %s, which SMTP does not allow there", stage, rep.code, clipLine(firstLine(rep.text))),
+			Fix:    "check what answers on this address and port"}
+	}
+	f := smtpFailure(dest, stage, rep.err())
+	if f.Permanent {
+		f.Permanent = false
+		f.Detail += " (before TLS, so it is not trusted to bounce mail; the relay retries)"
+	}
+	return f
 }
 
 // diagnoseHandshake turns a failed handshake into a verdict. Whether the
@@ -243,35 +317,6 @@ func (d *Dialer) diagnoseHandshake(ctx context.Context, dest *policy.Destination
 		return dest.VersionFailure(v, hsErr)
 	}
 	return dest.HandshakeFailure(hsErr)
-}
-
-func (c *Conn) auth() error {
-	dest := c.Dest
-	var mech sasl.Client
-	switch {
-	case c.offersAuth("PLAIN"):
-		mech = sasl.NewPlainClient("", dest.AuthUsername, dest.AuthPassword.Reveal())
-	case c.offersAuth("LOGIN"):
-		mech = sasl.NewLoginClient(dest.AuthUsername, dest.AuthPassword.Reveal())
-	default:
-		return &policy.Failure{Class: policy.Auth, Host: dest.Upstream,
-			Detail: "the server offers neither AUTH PLAIN nor AUTH LOGIN after TLS",
-			Fix:    "remove auth_username if the server needs no login, or enable PLAIN/LOGIN on it"}
-	}
-	c.raw.SetDeadline(time.Now().Add(commandTimeout))
-	defer c.raw.SetDeadline(time.Time{})
-	if err := c.authenticate(mech); err != nil {
-		f := smtpFailure(dest, "AUTH", err)
-		var se *smtp.SMTPError
-		if errors.As(err, &se) && se.Code/100 == 5 {
-			f.Class = policy.Auth
-			f.Permanent = false // a password can be fixed while mail waits
-			f.Detail = fmt.Sprintf("the server refused the login of %q: %d %s", dest.AuthUsername, se.Code, se.Message)
-			f.Fix = "check auth_username and the password (auth_password_env or auth_password_file)"
-		}
-		return f
-	}
-	return nil
 }
 
 // Close ends the connection politely if it can (QUIT, TLS close_notify),

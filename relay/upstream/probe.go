@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"strings"
 
 	"tlsrelay/policy"
 )
@@ -51,12 +52,23 @@ func (d *Dialer) Probe(ctx context.Context, dest *policy.Destination) *Probe {
 	}
 	p.Connected = p.Failure == nil || p.Failure.Class != policy.Connect
 	if dest.Mode == policy.StartTLS {
-		p.StartTLSOffered = p.Failure == nil || p.Failure.Class != policy.StartTLSMissing
+		// A server that offered STARTTLS and then refused it did offer it.
+		p.StartTLSOffered = p.Failure == nil || p.Failure.Class != policy.StartTLSMissing || offers(p.PlainExtensions, "STARTTLS")
 	}
 	if state != nil {
 		p.Inspection = dest.Inspect(*state, d.Clock)
 	}
 	return p
+}
+
+// offers reports whether EHLO reply lines list keyword kw.
+func offers(lines []string, kw string) bool {
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 0 && strings.EqualFold(f[0], kw) {
+			return true
+		}
+	}
+	return false
 }
 
 func joinParam(kw, param string) string {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -30,6 +29,9 @@ type Result struct {
 type Body struct {
 	Size int64
 	Open func() io.Reader
+	// UTF8 is set for a message submitted with SMTPUTF8 (spool.Envelope's
+	// UTF8): it goes upstream with SMTPUTF8 when the upstream offers it.
+	UTF8 bool
 }
 
 // Send transfers one message: MAIL, RCPT for each recipient, then the
@@ -43,15 +45,24 @@ type Body struct {
 // (RSET if one is due, MAIL, RCPT, BDAT LAST with the body) is one write
 // and its replies one read: a single round trip per message. Without
 // them it falls back step by step to plain SMTP with DATA.
+//
+// from and rcpts are parsed again (address.Parse) and the command lines
+// are written from the parsed form, never from the strings: an address
+// that does not parse, or a non-ASCII one for an upstream without
+// SMTPUTF8, is a permanent failure (of the message for the sender, of
+// that recipient alone otherwise) and is never written. MAIL FROM
+// carries SMTPUTF8 when an address needs it or body.UTF8 asks for it and
+// the upstream offers it.
 func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body Body, allOrNothing bool) (Result, error) {
 	res := Result{Refused: map[string]*policy.Failure{}}
-	for _, a := range append([]string{from}, rcpts...) {
-		if strings.ContainsAny(a, "\r\n") {
-			return res, &policy.Failure{Class: policy.Protocol, Host: c.Dest.Upstream, Permanent: true,
-				Detail: fmt.Sprintf("the address %q contains a line break", a),
-				Fix:    "this cannot come from the front door, which refuses such addresses; report it as a bug"}
-		}
+	env, err := c.envelope(from, rcpts, body.UTF8, res.Refused)
+	if err != nil {
+		return res, err
 	}
+	if len(env.rcpts) == 0 || allOrNothing && len(res.Refused) > 0 {
+		return res, nil // nothing was sent: no transaction is open
+	}
+	rcpts = env.rawRcpts
 	// ctx ends a delivery early (at shutdown, or delivery_timeout) by
 	// interrupting the I/O in progress.
 	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Unix(1, 0)) })
@@ -76,14 +87,14 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body Body,
 		x.send("RSET", "RSET")
 	}
 	c.open = true
-	x.send("MAIL FROM", c.mailCommand(from))
-	for _, r := range rcpts {
-		x.send("RCPT TO", "RCPT TO:<"+r+">")
+	x.send("MAIL FROM", c.mailCommand(env))
+	for _, r := range env.rcpts {
+		x.send("RCPT TO", "RCPT TO:<"+r.String()+">")
 	}
 	if bodyInline {
 		x.sendBDAT(body)
 	}
-	err := x.finish()
+	err = x.finish()
 	// A pooled connection the upstream had closed while idle answers
 	// nothing, or 421 to the first command: nothing of this message was
 	// taken, so it goes again at once over a fresh connection.
@@ -162,11 +173,15 @@ func (c *Conn) settle(res Result, final stagedReply) (Result, error) {
 }
 
 // mailCommand is MAIL FROM with the parameters the upstream understands.
-func (c *Conn) mailCommand(from string) string {
+func (c *Conn) mailCommand(env envelope) string {
+	line := "MAIL FROM:<" + env.from.String() + ">"
 	if c.has("8BITMIME") {
-		return "MAIL FROM:<" + from + "> BODY=8BITMIME"
+		line += " BODY=8BITMIME"
 	}
-	return "MAIL FROM:<" + from + ">"
+	if env.utf8 {
+		line += " SMTPUTF8"
+	}
+	return line
 }
 
 func (c *Conn) has(kw string) bool {
@@ -200,6 +215,7 @@ func smtpFailure(dest *policy.Destination, stage string, err error) *policy.Fail
 		if se.Code/100 == 5 {
 			f.Class, f.Permanent = policy.UpstreamPermanent, true
 			f.Fix = "the upstream refused this; its reply says why"
+			refineSenderRefusal(dest, f, se)
 		} else {
 			f.Class = policy.UpstreamTemporary
 			f.Fix = "the upstream asked to try later; the relay will"

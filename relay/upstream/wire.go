@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -68,12 +67,49 @@ func (r reply) err() *smtp.SMTPError {
 	return se
 }
 
-// maxReply bounds the bytes read for one reply: an upstream cannot make
-// the relay hold an endless line in memory.
-const maxReply = 64 << 10
+// The bounds of one reply, the same before TLS (where anyone on the path
+// may write it) and after: an upstream cannot make the relay hold an
+// endless line, an endless reply or an endless list of EHLO keywords in
+// memory. Each is far above what a mail server sends (RFC 5321, 4.5.3.1.5:
+// 512 octets a line).
+const (
+	// maxReply bounds the bytes read for one reply.
+	maxReply = 64 << 10
+	// maxReplyLine bounds one line of a reply, CRLF included; it is also
+	// the size of the read buffer.
+	maxReplyLine = 4 << 10
+	// maxReplyLines bounds the lines of one reply, and so the keywords
+	// of an EHLO reply.
+	maxReplyLines = 100
+)
 
-// errReplyTooLong is returned when a reply exceeds maxReply.
-var errReplyTooLong = errors.New("the upstream's reply is longer than 64 KiB")
+// errReplyTooLong is returned, wrapped with the bound that was exceeded,
+// when a reply exceeds maxReply, maxReplyLine or maxReplyLines.
+var errReplyTooLong = errors.New("the upstream's reply is too long")
+
+var (
+	errReplyOverBytes = fmt.Errorf("%w (more than %d KiB)", errReplyTooLong, maxReply>>10)
+	errReplyOverLine  = fmt.Errorf("%w (a line of more than %d KiB)", errReplyTooLong, maxReplyLine>>10)
+	errReplyOverLines = fmt.Errorf("%w (more than %d lines)", errReplyTooLong, maxReplyLines)
+)
+
+// errMalformedReply is wrapped by the errors for replies that are not
+// SMTP replies.
+var errMalformedReply = errors.New("malformed reply")
+
+// cutOffError is a reply line that ended without its CRLF because the
+// connection failed (timed out, closed) in the middle of it: the reply is
+// incomplete, whatever its first bytes say. Err is the connection's error.
+type cutOffError struct {
+	Partial int // how many bytes of the line had arrived
+	Err     error
+}
+
+func (e *cutOffError) Error() string {
+	return fmt.Sprintf("the reply was cut off after %d bytes: %v", e.Partial, e.Err)
+}
+
+func (e *cutOffError) Unwrap() error { return e.Err }
 
 // budgetReader fails once more than its budget has been read from it.
 type budgetReader struct {
@@ -83,25 +119,92 @@ type budgetReader struct {
 
 func (b *budgetReader) Read(p []byte) (int, error) {
 	if b.budget <= 0 {
-		return 0, errReplyTooLong
+		return 0, errReplyOverBytes
 	}
 	n, err := b.r.Read(p[:min(len(p), b.budget)])
 	b.budget -= n
 	return n, err
 }
 
-// readReply reads one reply, of any code.
+// readReply reads one complete reply, of any code, within the bounds
+// above. Only a CRLF (or LF) ends a line: a line cut off by a timeout or
+// a close is an error (*cutOffError), never taken as the whole reply.
 func (c *Conn) readReply() (reply, error) {
 	c.budget.budget = maxReply // bytes read ahead for this reply were charged to the last
-	code, text, err := c.r.ReadResponse(0)
-	if err != nil {
-		var pe textproto.ProtocolError
-		if errors.As(err, &pe) {
-			return reply{}, fmt.Errorf("malformed reply: %w", err)
+	var text []string
+	code := 0
+	for {
+		line, err := c.readLine()
+		if err != nil {
+			return reply{}, err
 		}
-		return reply{}, err
+		if len(text) == maxReplyLines {
+			return reply{}, errReplyOverLines
+		}
+		n, last, rest, ok := parseReplyLine(line)
+		switch {
+		case !ok:
+			return reply{}, fmt.Errorf("%w: %q", errMalformedReply, clipLine(line))
+		case code != 0 && n != code:
+			return reply{}, fmt.Errorf("%w: a line of a %d reply has code %d", errMalformedReply, code, n)
+		}
+		code = n
+		text = append(text, rest)
+		if last {
+			return reply{code: code, text: strings.Join(text, "\n")}, nil
+		}
 	}
-	return reply{code: code, text: text}, nil
+}
+
+// readLine reads one line and strips its line ending.
+func (c *Conn) readLine() (string, error) {
+	b, err := c.br.ReadSlice('\n')
+	switch {
+	case err == bufio.ErrBufferFull:
+		return "", errReplyOverLine
+	case err != nil && len(b) > 0 && !errors.Is(err, errReplyTooLong):
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return "", &cutOffError{Partial: len(b), Err: err}
+	case err != nil:
+		return "", err
+	}
+	b = b[:len(b)-1]
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		b = b[:len(b)-1]
+	}
+	return string(b), nil
+}
+
+// parseReplyLine splits a reply line (RFC 5321, 4.2): a code of three
+// digits, the first 2 to 5, then a space (the last line), a hyphen (more
+// follow) or nothing (a last line without text).
+func parseReplyLine(line string) (code int, last bool, text string, ok bool) {
+	if len(line) < 3 || line[0] < '2' || line[0] > '5' || !isDigit(line[1]) || !isDigit(line[2]) {
+		return 0, false, "", false
+	}
+	code = int(line[0]-'0')*100 + int(line[1]-'0')*10 + int(line[2]-'0')
+	if len(line) == 3 {
+		return code, true, "", true
+	}
+	switch line[3] {
+	case ' ':
+		return code, true, line[4:], true
+	case '-':
+		return code, false, line[4:], true
+	}
+	return 0, false, "", false
+}
+
+func isDigit(b byte) bool { return '0' <= b && b <= '9' }
+
+// clipLine shortens a line quoted in an error.
+func clipLine(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // cmd sends one command and reads its reply (not pipelined).
@@ -215,9 +318,10 @@ func (c *Conn) quit() {
 	c.cmd("QUIT")
 }
 
-// newWire sets up buffered reading and writing over the TLS connection.
-func (c *Conn) newWire() {
-	c.budget = &budgetReader{r: c.tc}
-	c.r = textproto.NewReader(bufio.NewReaderSize(c.budget, 4096))
-	c.w = bufio.NewWriterSize(c.tc, writeBuffer)
+// newWire sets up bounded reading and buffered writing over rw: the TCP
+// connection for the plaintext part of STARTTLS, the TLS connection after.
+func (c *Conn) newWire(rw io.ReadWriter) {
+	c.budget = &budgetReader{r: rw}
+	c.br = bufio.NewReaderSize(c.budget, maxReplyLine)
+	c.w = bufio.NewWriterSize(rw, writeBuffer)
 }

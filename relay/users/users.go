@@ -8,19 +8,22 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"tlsrelay/relay/address"
 )
 
 // User is one account.
 type User struct {
 	Name string
 	hash []byte
-	// Senders are the envelope senders this user may use, as patterns:
-	// "app@example.com", "*@example.com", "*". Empty: any sender.
+	// Senders are the envelope senders this user may use, as patterns
+	// (lower-cased, as written; see SenderPattern): "app@example.com",
+	// "*@example.com", "*". Empty: any sender.
 	Senders []string
+	senders []SenderPattern
 }
 
 // DB is the set of accounts.
@@ -88,10 +91,12 @@ func ParseLine(line string) (*User, error) {
 	if len(parts) == 3 && parts[2] != "" {
 		for _, p := range strings.Split(parts[2], ",") {
 			p = strings.ToLower(strings.TrimSpace(p))
-			if _, err := path.Match(p, "x@y"); err != nil || p == "" {
-				return nil, fmt.Errorf("user %q: bad sender pattern %q", parts[0], p)
+			sp, err := ParseSenderPattern(p)
+			if err != nil {
+				return nil, fmt.Errorf("user %q: %w", parts[0], err)
 			}
 			u.Senders = append(u.Senders, p)
+			u.senders = append(u.senders, sp)
 		}
 	}
 	return u, nil
@@ -110,18 +115,31 @@ func (db *DB) Authenticate(name, password string) (*User, bool) {
 	return u, true
 }
 
-// MaySend reports whether u may use from as the envelope sender.
-func (u *User) MaySend(from string) bool {
-	if len(u.Senders) == 0 {
+// MayUse reports whether u may use from (the zero Address for the null
+// sender <>) as the envelope sender.
+func (u *User) MayUse(from address.Address) bool {
+	if len(u.senders) == 0 {
 		return true
 	}
-	from = strings.ToLower(from)
-	for _, p := range u.Senders {
-		if ok, _ := path.Match(p, from); ok {
+	for _, p := range u.senders {
+		if p.Match(from) {
 			return true
 		}
 	}
 	return false
+}
+
+// MaySend is MayUse for a sender in its textual form ("" for <>), as
+// address.Parse reads it; a sender that does not parse may not be used.
+func (u *User) MaySend(from string) bool {
+	var a address.Address
+	if from != "" {
+		var err error
+		if a, err = address.Parse(from, true); err != nil {
+			return false
+		}
+	}
+	return u.MayUse(a)
 }
 
 // HashLine returns the auth_users_file line for a user.
@@ -131,6 +149,11 @@ func HashLine(name, password string, senders []string) (string, error) {
 	}
 	if len(password) < 8 {
 		return "", errors.New("use a password of at least 8 characters")
+	}
+	for _, p := range senders {
+		if _, err := ParseSenderPattern(p); err != nil {
+			return "", err
+		}
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
 	if err != nil {
