@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"tlsrelay/relay/durable"
 )
 
 // Envelope is what SMTP's MAIL and RCPT carry for one dropped message.
@@ -99,7 +101,7 @@ func Write(dir string, env Envelope, msg []byte) (string, error) {
 	// The new name must be durable too. The drop directory cannot be
 	// opened by other users (it is not listable), so when its fsync is
 	// not allowed, the file system holding it is synced (syncfs) instead.
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		if !errors.Is(err, os.ErrPermission) {
 			return "", err
 		}
@@ -119,16 +121,6 @@ func newName() string {
 	var b [16]byte
 	rand.Read(b[:])
 	return strconv.FormatInt(time.Now().UnixNano(), 10) + "." + hex.EncodeToString(b[:])
-}
-
-// syncDir makes a directory's entries durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // readEnvelope reads the envelope line of a drop file and returns it with

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"tlsrelay/relay/durable"
 )
 
 // Importer hands every message in a drop directory to the relay's front
@@ -130,10 +132,10 @@ func (im *Importer) claim() error {
 		}
 	}
 	if claimed > 0 {
-		if err := syncDir(filepath.Join(im.Dir, importingDir)); err != nil {
+		if err := durable.SyncDir(filepath.Join(im.Dir, importingDir)); err != nil {
 			return err
 		}
-		return syncDir(im.Dir)
+		return durable.SyncDir(im.Dir)
 	}
 	return nil
 }
@@ -225,7 +227,7 @@ func (im *Importer) remove(path string) error {
 		return err
 	}
 	delete(im.sure, filepath.Base(path))
-	return syncDir(filepath.Dir(path))
+	return durable.SyncDir(filepath.Dir(path))
 }
 
 // refuse moves a file the relay refused for good to refused/ and says why
@@ -236,5 +238,5 @@ func (im *Importer) refuse(name string, uid int, why string) error {
 		return err
 	}
 	delete(im.sure, name)
-	return syncDir(filepath.Join(im.Dir, refusedDir))
+	return durable.SyncDir(filepath.Join(im.Dir, refusedDir))
 }
