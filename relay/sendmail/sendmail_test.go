@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"tlsrelay/relay/sink"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -117,5 +119,36 @@ func TestSMTPSessionFallsBackToTheDropDirectory(t *testing.T) {
 	want := `{"from":"app@x.test","rcpt":["a@x.test","b@x.test"],"8bitmime":true}` + "\nSubject: s\r\n\r\n.leading dot\r\n"
 	if string(b) != want {
 		t.Errorf("drop file %q, want %q", b, want)
+	}
+}
+
+// TestSMTPSessionRelayClosingFallsBack: a relay that answers 421 (it is
+// stopping) does not make the program's transaction fail: it goes to the
+// drop directory; a refusal for good is passed on as the relay gave it.
+func TestSMTPSessionRelayClosingFallsBack(t *testing.T) {
+	relay, err := sink.Start(sink.Options{NoTLS: true, RefuseMail: func(from string) *smtp.SMTPError {
+		if from == "closing@x.test" {
+			return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down"}
+		}
+		return &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender refused"}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	dir := t.TempDir()
+	r := &Relay{Addr: relay.Addr(), Helo: "web1.example.test", DropDir: dir}
+	prog, us := net.Pipe()
+	go r.ServeSMTP(us, us, "web1.example.test", 1<<20)
+	c := smtp.NewClient(prog)
+	defer c.Close()
+	if err := c.Mail("refused@x.test", nil); err == nil || !strings.Contains(err.Error(), "Sender refused") {
+		t.Errorf("MAIL of a refused sender: %v, want the relay's 553", err)
+	}
+	if err := c.SendMail("closing@x.test", []string{"a@x.test"}, strings.NewReader("Subject: s\r\n\r\nx\r\n")); err != nil {
+		t.Fatalf("with the relay closing: %v", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(dir, "msg.*")); len(files) != 1 {
+		t.Errorf("drop directory: %v", files)
 	}
 }

@@ -82,10 +82,11 @@ func (s *bsSession) fallBack(err error) {
 	s.dropping, s.why = true, err
 }
 
-// lost reports whether err is the relay going away (not a reply).
+// lost reports whether err is the relay going away: no reply, or 421
+// (the relay is closing the session, e.g. while it stops).
 func lost(err error) bool {
 	var se *smtp.SMTPError
-	return err != nil && !errors.As(err, &se)
+	return err != nil && (!errors.As(err, &se) || se.Code == 421)
 }
 
 func (s *bsSession) Mail(from string, opts *smtp.MailOptions) error {
@@ -131,7 +132,10 @@ func (s *bsSession) Data(r io.Reader) error {
 			// resp is the relay's text, its enhanced code included.
 			return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: resp}
 		}
-		if !lost(err) {
+		// A refusal for good is the relay's answer; a 4xx to the data
+		// means the relay did not take it now: the drop directory does.
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code >= 500 {
 			return err
 		}
 		s.fallBack(err)
