@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 const usage = `tlsrelay: a local SMTP relay that only ever sends mail upstream over verified TLS
@@ -29,6 +30,9 @@ Usage:
                                     flow, mailbox, token expiry, last refresh and last error per OAuth destination
   tlsrelay passwd [-senders P,...] USER
                                     print an auth_users_file line (password from the terminal or stdin)
+  tlsrelay sendmail [-t] [-i] [-f SENDER] [-F NAME] [--] [RECIPIENT...]
+                                    the sendmail command for local programs (also as "sendmail";
+                                    "mailq" is "queue list")
   tlsrelay version                  print the version
 
 Without -config, serve and config check use ./tlsrelay.toml, then /etc/tlsrelay/config.toml.
@@ -39,7 +43,16 @@ Flags may be written with - or --. Documentation: README.md.
 const exitUsage = 2
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	// Installed as /usr/sbin/sendmail and /usr/bin/mailq (symbolic links),
+	// tlsrelay behaves as those commands.
+	switch filepath.Base(os.Args[0]) {
+	case "sendmail":
+		args = append([]string{"sendmail"}, args...)
+	case "mailq":
+		args = append([]string{"queue", "list"}, args...)
+	}
+	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -62,6 +75,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdRoute(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
+	case "sendmail":
+		return cmdSendmail(args[1:], stdin, stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprint(stderr, "tlsrelay config: the only subcommand is \"check\"\n\n"+usage)

@@ -28,6 +28,7 @@ type Config struct {
 	Metrics     Metrics        `toml:"metrics"`
 	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
+	Sendmail    Sendmail       `toml:"sendmail"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -158,7 +159,8 @@ func Default() *Config {
 			UpstreamMaxMessages: 1000,
 			UpstreamMaxAge:      Duration{5 * time.Minute},
 		},
-		Log: Log{Level: "info", Format: "auto"},
+		Log:      Log{Level: "info", Format: "auto"},
+		Sendmail: DefaultSendmail(),
 	}
 }
 
@@ -268,6 +270,7 @@ func (c *Config) check(src string, p *problems) {
 	if q.Workers <= 0 || q.Workers > 1024 {
 		p.add(bad("queue", "workers", "must be between 1 and 1024; write e.g. workers = 16"))
 	}
+	c.checkSendmail(bad, p)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
