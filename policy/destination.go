@@ -35,8 +35,13 @@ const (
 // Spec is one [[destination]] table as written in the TOML configuration.
 // Compile turns it into a Destination, checking every field.
 type Spec struct {
-	Domains          []string `toml:"domains"`
-	Upstream         string   `toml:"upstream"`
+	Domains []string `toml:"domains"`
+	// Upstreams is the `upstream` key: one next hop "host:port", or an
+	// array of them tried in order (see Hops).
+	Upstreams Upstreams `toml:"upstream"`
+	// Upstream is one next hop, for a Spec written in code; Upstreams,
+	// when set, takes its place.
+	Upstream         string   `toml:"-"`
 	TLS              string   `toml:"tls"`
 	MinTLS           string   `toml:"min_tls"`
 	CAFile           string   `toml:"ca_file"`
@@ -58,13 +63,34 @@ type Spec struct {
 	OAuth *OAuthSpec `toml:"oauth"`
 	// MXSecurity is the level MX delivery requires (upstream = "mx").
 	MXSecurity string `toml:"mx_security"`
+
+	// Senders selects the destination by envelope sender too (see
+	// SenderPattern); empty: any sender.
+	Senders []string `toml:"senders"`
+	// Limits of the mail sent to this destination's upstreams (0: none).
+	MaxConnections          int `toml:"max_connections"`
+	MaxMessagesPerMinute    int `toml:"max_messages_per_minute"`
+	MaxRecipientsPerMessage int `toml:"max_recipients_per_message"`
+	// Sender rewriting, opt-in: EnvelopeFrom replaces MAIL FROM;
+	// HeaderFrom = "rewrite" replaces the From header's address with
+	// EnvelopeFrom.
+	EnvelopeFrom string `toml:"envelope_from"`
+	HeaderFrom   string `toml:"header_from"`
 }
 
 // Destination is a compiled, validated policy for a set of recipient
-// domains: where their mail goes and what the TLS to it must prove.
+// domains (and, with Senders, envelope senders): where their mail goes and
+// what the TLS to it must prove.
+//
+// A destination has one or more next hops (Hops), tried in order. Each hop
+// is itself a *Destination: the destination's policy with that hop's
+// Upstream, Host and, unless the configuration sets them, its own
+// RequireHostname and ServerName, so that everything that connects to and
+// verifies an upstream takes a hop as it takes a destination. The first
+// hop is the destination itself; Parent leads from a hop to it.
 type Destination struct {
 	Domains  []string
-	Upstream string // host:port
+	Upstream string // host:port (of this hop; of the first for a destination)
 	Host     string // the upstream's host part
 	// Addr, when set, is the address connected to instead of Upstream (an
 	// MX host's IP address, see ForMX).
@@ -87,12 +113,18 @@ type Destination struct {
 	Provider      *Provider
 	OAuth         *OAuth
 	AuthMechanism Mechanism
-	spec          Spec
+	// Senders, when set, restrict the destination to these senders.
+	Senders []SenderPattern
+	Limits  Limits
+	Rewrite Rewrite
+	spec    Spec
 	// MXSecurity is set when upstream = "mx": what the recipient
 	// domain's mail exchangers must prove.
 	MXSecurity MXSecurity
 	// mx is set on the policy of one connection to a mail exchanger.
-	mx *MXHost
+	mx     *MXHost
+	hops   []*Destination // the first is the destination itself
+	parent *Destination   // nil for the destination itself
 	// sessions lets reconnections resume TLS sessions (verification still
 	// runs on every resumed connection, see ClientConfig).
 	sessions tls.ClientSessionCache
@@ -105,8 +137,55 @@ func (d *Destination) LogsIn() bool { return d.AuthUsername != "" || d.OAuth != 
 // Spec returns the configuration the destination was compiled from.
 func (d *Destination) Spec() Spec { return d.spec }
 
-// Name is how logs and replies refer to the destination: its first domain.
-func (d *Destination) Name() string { return d.Domains[0] }
+// Name is how logs, replies, metrics and the queue refer to the
+// destination: its first domain, and for one chosen by sender also its
+// first sender pattern ("example.com from *@alerts.example.com"), so that
+// destinations sharing a recipient domain keep apart.
+func (d *Destination) Name() string {
+	if len(d.Senders) > 0 {
+		return d.Domains[0] + " from " + d.Senders[0].String()
+	}
+	return d.Domains[0]
+}
+
+// Hops returns the destination's next hops in the order they are tried;
+// the first is d itself. For a hop it returns the hops of its destination.
+func (d *Destination) Hops() []*Destination {
+	if d.parent != nil {
+		return d.parent.hops
+	}
+	return d.hops
+}
+
+// Parent returns the destination a hop belongs to (d itself for a
+// destination, which is its own first hop).
+func (d *Destination) Parent() *Destination {
+	if d.parent != nil {
+		return d.parent
+	}
+	return d
+}
+
+// HopName names one hop of a destination: "name host:port". It keys what
+// is kept per hop (suspension, throttling).
+func (d *Destination) HopName() string { return d.Name() + " " + d.Upstream }
+
+// Limits bound the mail a destination's upstreams are sent; 0 is no limit.
+type Limits struct {
+	MaxConnections          int // connections open at once, over all hops
+	MaxMessagesPerMinute    int // upstream transactions per minute, smoothly
+	MaxRecipientsPerMessage int // recipients per upstream transaction
+}
+
+// Rewrite is the opt-in sender rewriting of a destination.
+type Rewrite struct {
+	// EnvelopeFrom, when set, replaces MAIL FROM (canonical local@domain).
+	EnvelopeFrom string
+	// HeaderFrom replaces the From header's address with EnvelopeFrom,
+	// keeping the display name, and adds Reply-To with the original
+	// address when the message has none.
+	HeaderFrom bool
+}
 
 // FieldError is a configuration error in one key of one destination.
 type FieldError struct {
@@ -146,7 +225,7 @@ func Compile(s Spec) (*Destination, error) {
 			fail(fieldErr("provider", "%q is not a known provider; write \"microsoft365\" or \"gmail\", or leave it out and set upstream yourself", s.Provider))
 		} else {
 			d.Provider = prov
-			if s.Upstream == "" {
+			if s.Upstream == "" && len(s.Upstreams) == 0 {
 				s.Upstream = prov.Upstream
 			}
 			if s.TLS == "" {
@@ -154,20 +233,38 @@ func Compile(s Spec) (*Destination, error) {
 			}
 		}
 	}
-	if strings.EqualFold(s.Upstream, "mx") {
+	upstreams := s.Upstreams
+	if len(upstreams) == 0 && s.Upstream != "" {
+		upstreams = Upstreams{s.Upstream}
+	}
+	if len(upstreams) == 1 && strings.EqualFold(upstreams[0], "mx") {
 		d.compileMX(s, fail)
-		s.Upstream = "mx:" + MXPort // for the checks below; ForMX sets the real host
+		upstreams = Upstreams{"mx:" + MXPort} // for the checks below; ForMX sets each host
 	} else if s.MXSecurity != "" {
 		fail(fieldErr("mx_security", "applies only to upstream = \"mx\"; remove it, or set upstream = \"mx\" to deliver straight to the recipient domains' mail exchangers"))
 	}
-	host, port, err := net.SplitHostPort(s.Upstream)
-	switch {
-	case s.Upstream == "":
-		fail(fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587"`))
-	case err != nil || host == "" || port == "":
-		fail(fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", s.Upstream))
+	var hosts, addrs []string
+	if len(upstreams) == 0 {
+		fail(fieldErr("upstream", `required: the next hop as host:port, e.g. upstream = "smtp.example.com:587", or several tried in order, e.g. upstream = ["smtp1.example.com:587", "smtp2.example.com:587"]`))
 	}
-	d.Upstream, d.Host = s.Upstream, host
+	seen := map[string]bool{}
+	for _, u := range upstreams {
+		host, port, err := net.SplitHostPort(u)
+		switch {
+		case err != nil || host == "" || port == "":
+			fail(fieldErr("upstream", "%q is not host:port; write e.g. \"smtp.example.com:587\"", u))
+		case seen[strings.ToLower(u)]:
+			fail(fieldErr("upstream", "%q is listed twice; name each next hop once", u))
+		default:
+			seen[strings.ToLower(u)] = true
+			hosts, addrs = append(hosts, host), append(addrs, u)
+		}
+	}
+	host := ""
+	if len(addrs) > 0 {
+		d.Upstream, host = addrs[0], hosts[0]
+	}
+	d.Host = host
 	if d.IsMX() {
 		d.Upstream, d.Host = "mx", ""
 	}
@@ -252,6 +349,9 @@ func Compile(s Spec) (*Destination, error) {
 	} else if err := d.compileMechanism(s); err != nil && authErr == nil {
 		fail(err)
 	}
+	for _, err := range d.compileRouting(s) {
+		fail(err)
+	}
 
 	if (s.ClientCertFile == "") != (s.ClientKeyFile == "") {
 		fail(fieldErr("client_cert_file", "client_cert_file and client_key_file go together; set both or neither"))
@@ -268,6 +368,10 @@ func Compile(s Spec) (*Destination, error) {
 	}
 	switch len(errs) {
 	case 0:
+		d.hops = []*Destination{d}
+		for i := 1; i < len(addrs); i++ {
+			d.hops = append(d.hops, d.hop(addrs[i], hosts[i]))
+		}
 		return d, nil
 	case 1:
 		return nil, errs[0]

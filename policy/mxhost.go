@@ -29,6 +29,7 @@ type MXHost struct {
 func (d *Destination) ForMX(h MXHost, addr string) *Destination {
 	c := *d
 	c.mx = &h
+	c.hops, c.parent = nil, d
 	port := "25"
 	if _, p, err := net.SplitHostPort(addr); err == nil {
 		port = p

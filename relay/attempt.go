@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/limit"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/upstream"
 )
@@ -19,18 +21,35 @@ import (
 // outcome is the result of one delivery attempt of one message to one
 // destination, for some of its recipients.
 type outcome struct {
-	dest      *policy.Destination
+	dest *policy.Destination
+	// hop is the hop that gave this outcome (the last one tried); tries
+	// lists every hop tried, in order, with its failure.
+	hop       *policy.Destination
+	tries     []hopTry
 	rcpts     []string
 	failure   *policy.Failure            // the attempt as a whole failed
 	refused   map[string]*policy.Failure // recipients the upstream refused
 	tls       tls.ConnectionState
 	upReply   string // the upstream's reply to DATA
 	delivered bool
+	// limited: a limit of dest (max_connections, max_messages_per_minute)
+	// kept the attempt from starting; nothing else here is set. The queue
+	// keeps the message waiting, without counting an attempt.
+	limited *limit.OverError
 	// superseded: dest was replaced by a reload before the message went
 	// (or while it went, see policygate.go); nothing else here is set.
 	// The queue routes the recipients again; a reject-mode client is asked
 	// to send it again.
 	superseded bool
+}
+
+// via is the hop the outcome came from (the destination's first when
+// none was tried).
+func (o *outcome) via() *policy.Destination {
+	if o.hop != nil {
+		return o.hop
+	}
+	return o.dest
 }
 
 // failureFor returns why rcpt was not delivered, or nil if it was.
@@ -42,42 +61,118 @@ func (o *outcome) failureFor(rcpt string) *policy.Failure {
 		return f
 	}
 	if !o.delivered {
-		return &policy.Failure{Class: policy.Protocol, Host: o.dest.Upstream, Detail: "not delivered"}
+		return &policy.Failure{Class: policy.Protocol, Host: o.via().Upstream, Detail: "not delivered"}
 	}
 	return nil
 }
 
-// attempt opens a verified connection to dest and sends the message to
-// rcpts. With allOrNothing (reject mode) a recipient refused by the
-// upstream stops the whole transaction before DATA, so the client's single
-// reply is true for every recipient. The attempt runs as a flight of
-// dest's gate: when a reload replaces dest before the transaction begins
-// (or cancels it), the outcome is superseded and nothing else.
+// hopTry is one hop an attempt tried, and why it failed (nil: it took
+// the transaction, whatever it said of single recipients).
+type hopTry struct {
+	hop     *policy.Destination
+	failure *policy.Failure
+}
+
+// attempt delivers the message to rcpts through dest's hops, in order: it
+// moves to the next hop when one fails as a whole — no connection, a TLS
+// verdict, a refused login, a 4xx or a broken dialogue for the whole
+// transaction, or the hop is suspended — and never on an answer about a
+// recipient or a 5xx for the message (the upstream's verdict). Only when
+// every hop failed is the attempt a failure. With allOrNothing (reject
+// mode) a recipient refused by the upstream stops the whole transaction
+// before DATA, so the client's single reply is true for every recipient.
+// The attempt runs as a flight of dest's gate: when a reload replaces
+// dest before the transaction begins (or cancels it), the outcome is
+// superseded and nothing else.
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
-	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", dest.Upstream, "rcpts", len(rcpts))
 	fl := r.admit(ctx, dest)
 	if fl == nil {
 		o.superseded = true
-		log.Info("not tried: the destination's policy was replaced by a reload")
+		r.log.Info("not tried: the destination's policy was replaced by a reload", "id", env.ID, "destination", dest.Name())
 		return o
 	}
 	defer fl.done()
-	ctx = fl.ctx
-	if dest.IsMX() {
-		return r.attemptMX(ctx, fl, log, env, o, body, allOrNothing)
+	release, over := r.takeLimit(fl.ctx, env.ID, dest, allOrNothing)
+	if over != nil {
+		o.limited = over
+		r.log.Debug("not tried now: the destination's limit is reached", "id", env.ID, "destination", dest.Name(), "limit", over.Error())
+		return o
 	}
-	if f := r.queue.suspended(dest.Name()); f != nil {
+	defer release()
+	if dest.IsMX() {
+		return r.attemptMX(fl, env, dest, rcpts, body, allOrNothing)
+	}
+	hops := dest.Hops()
+	var tries []hopTry
+	for i, hop := range hops {
+		o = r.attemptHop(fl, env, hop, rcpts, body, allOrNothing)
+		if o.superseded {
+			return o
+		}
+		tries = append(tries, hopTry{hop, o.failure})
+		if o.failure == nil || !failsOver(o.failure.Class) || fl.ctx.Err() != nil {
+			break
+		}
+		if i < len(hops)-1 {
+			r.log.Info("upstream failed; trying the next one", "id", env.ID, "destination", dest.Name(),
+				"failed_upstream", hop.Upstream, "failure", string(o.failure.Class), "next_upstream", hops[i+1].Upstream)
+		}
+	}
+	o.tries = tries
+	if o.failure != nil && len(tries) > 1 {
+		o.failure = everyHopFailed(tries)
+	}
+	return o
+}
+
+// failsOver reports whether a failure of this class moves an attempt on
+// to the destination's next hop: it is the hop's, not the message's.
+func failsOver(c policy.Class) bool {
+	return c != policy.UpstreamPermanent && c != policy.NoRoute
+}
+
+// everyHopFailed is the verdict of an attempt whose hops all failed: the
+// last one's class, and each hop's failure in the detail.
+func everyHopFailed(tries []hopTry) *policy.Failure {
+	last := tries[len(tries)-1].failure
+	f := *last
+	var each, fixes []string
+	for _, t := range tries {
+		each = append(each, fmt.Sprintf("%s: %s: %s", t.hop.Upstream, t.failure.Class, t.failure.Detail))
+		if t.failure.Fix != "" && !slices.Contains(fixes, t.failure.Fix) {
+			fixes = append(fixes, t.failure.Fix)
+		}
+	}
+	f.Detail = fmt.Sprintf("all %d upstreams failed: %s", len(tries), strings.Join(each, "; "))
+	f.Fix = strings.Join(fixes, "; ")
+	return &f
+}
+
+// attemptHop delivers through one hop of the flight's destination.
+func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
+	ctx := fl.ctx
+	dest := hop.Parent()
+	o := &outcome{dest: dest, hop: hop, rcpts: rcpts}
+	log := r.log.With("id", env.ID, "destination", dest.Name(), "upstream", hop.Upstream, "rcpts", len(rcpts))
+	if f := r.queue.suspended(hop.HopName()); f != nil {
 		o.failure = f
-		log.Debug("not tried: the destination is suspended after connection timeouts", "detail", f.Detail)
+		log.Debug("not tried: the upstream is suspended", "detail", f.Detail)
 		return o
 	}
 	start := time.Now()
 	defer func() {
-		if !o.superseded {
-			r.queue.tried(dest.Name(), o.failure, time.Since(start))
-			r.countAttempt(env, o)
+		if o.superseded {
+			return
 		}
+		if named, ok := throttleOf(o.failure); ok {
+			until := r.queue.throttle(hop.HopName(), o.failure, named)
+			r.metrics.Throttles.WithLabelValues(dest.Name(), hop.Upstream).Inc()
+			log.Warn("upstream throttles; backing off", "until", until.UTC().Format(time.RFC3339), "detail", o.failure.Detail)
+		} else {
+			r.queue.tried(hop.HopName(), o.failure, time.Since(start))
+		}
+		r.countAttempt(env, o)
 	}()
 	// superseded turns a failure that a reload caused (it cancelled the
 	// attempt, or retired dest before the transaction began) into a
@@ -86,16 +181,21 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		if err != nil && ctx.Err() == nil || !fl.retired() {
 			return false
 		}
-		*o = outcome{dest: dest, rcpts: rcpts, superseded: true}
+		*o = outcome{dest: dest, hop: hop, rcpts: rcpts, superseded: true}
 		log.Info("stopped: the destination's policy was replaced by a reload", "error", err)
 		return true
 	}
-	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), dest)
+	if dest.Limits.MaxConnections > 0 && len(dest.Hops()) > 1 {
+		// Idle connections to the destination's other hops count
+		// against max_connections too: close them before opening one here.
+		r.pool.Prune(func(h *policy.Destination) bool { return h.Parent() != dest || h == hop })
+	}
+	conn, reused, err := r.pool.Acquire(ctx, r.dialer(), hop)
 	if err != nil {
 		if superseded(err) {
 			return o
 		}
-		o.failure = policy.FailureOf(dest.Upstream, err)
+		o.failure = policy.FailureOf(hop.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
 	}
@@ -104,17 +204,23 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		superseded(nil)
 		return o
 	}
-	res, err := conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+	// envelope_from replaces MAIL FROM on the wire only: the spool keeps
+	// the original sender, so the relay's DSNs still go to it.
+	from := env.From
+	if dest.Rewrite.EnvelopeFrom != "" {
+		from = dest.Rewrite.EnvelopeFrom
+	}
+	res, err := conn.Send(ctx, from, rcpts, body, allOrNothing)
 	if reused && errors.Is(err, upstream.ErrConnStale) {
 		// The upstream closed the idle connection; nothing of this message
 		// was sent, so it goes once more over a freshly verified one.
 		conn.Close()
 		log.Debug("reused connection was stale; reconnecting")
-		if conn, err = r.dialer().Dial(ctx, dest); err != nil {
+		if conn, err = r.dialer().Dial(ctx, hop); err != nil {
 			if superseded(err) {
 				return o
 			}
-			o.failure = policy.FailureOf(dest.Upstream, err)
+			o.failure = policy.FailureOf(hop.Upstream, err)
 			logFailure(log, "delivery attempt failed", o.failure)
 			return o
 		}
@@ -124,7 +230,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 			return o
 		}
 		reused = false
-		res, err = conn.Send(ctx, env.From, rcpts, body, allOrNothing)
+		res, err = conn.Send(ctx, from, rcpts, body, allOrNothing)
 	}
 	o.tls = conn.TLS
 	o.refused = res.Refused
@@ -133,7 +239,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 		if superseded(err) {
 			return o
 		}
-		o.failure = policy.FailureOf(dest.Upstream, err)
+		o.failure = policy.FailureOf(hop.Upstream, err)
 		logFailure(log, "delivery attempt failed", o.failure)
 		return o
 	}
@@ -157,7 +263,7 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 	}
 	if n := r.queue.destinationUp(dest.Name(), env.ID); n > 0 {
 		r.log.Info("destination works again; retrying the messages that waited for it now",
-			"destination", dest.Name(), "upstream", dest.Upstream, "messages", n)
+			"destination", dest.Name(), "upstream", hop.Upstream, "messages", n)
 	}
 	return o
 }
@@ -166,6 +272,9 @@ func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.De
 // tls_failure=<class> so they can be grepped and alerted on.
 func logFailure(log *slog.Logger, msg string, f *policy.Failure) {
 	attrs := []any{"detail", f.Detail, "fix", f.Fix}
+	if f.Result != "" {
+		attrs = append([]any{"tlsrpt_result", string(f.Result)}, attrs...)
+	}
 	if f.Class.IsTLS() {
 		attrs = append([]any{"tls_failure", string(f.Class)}, attrs...)
 	} else {
@@ -179,10 +288,14 @@ func (o *outcome) reply() error {
 	if o.superseded {
 		return policyChanged(o.dest)
 	}
+	if o.limited != nil {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: clip(fmt.Sprintf("%s: the relay's limit towards this destination is reached: %s; nothing was sent, try again later", o.dest.Name(), o.limited), 490)}
+	}
 	if o.failure == nil && len(o.refused) == 0 && o.delivered {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 			Message: fmt.Sprintf("OK delivered to %s via %s over %s; upstream said: %s",
-				o.dest.Name(), o.dest.Upstream, tls.VersionName(o.tls.Version), clip(o.upReply, 200))}
+				o.dest.Name(), o.via().Upstream, tls.VersionName(o.tls.Version), clip(o.upReply, 200))}
 	}
 	f := o.failure
 	if f == nil {
@@ -238,7 +351,11 @@ func failureReply(dest *policy.Destination, f *policy.Failure) *smtp.SMTPError {
 	}
 	// One line: clients show the last line (or only the first) of a
 	// multi-line reply, and go-smtp puts the enhanced code on the last only.
-	text := fmt.Sprintf("%s via %s: %s=%s: %s; fix: %s", dest.Name(), dest.Upstream, label, f.Class, f.Detail, f.Fix)
+	via := f.Host
+	if via == "" {
+		via = dest.Upstream
+	}
+	text := fmt.Sprintf("%s via %s: %s=%s: %s; fix: %s", dest.Name(), via, label, f.Class, f.Detail, f.Fix)
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: clip(text, 490)}
 }
 

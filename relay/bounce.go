@@ -47,7 +47,7 @@ func (r *Relay) delayNotice(msg *spool.Message, st spool.State) error {
 // original sender, routed by the same policies as any other mail.
 func (r *Relay) sendReport(msg *spool.Message, action dsn.Action, rcpts []spool.Recipient) error {
 	cfg := r.Config()
-	dest := r.lookup(domainOf(msg.From))
+	dest := r.Config().Table.Lookup(domainOf(msg.From)) // from <>: by recipient alone
 	if dest == nil {
 		r.log.Warn("no destination for the sender's domain; DSN dropped", "id", msg.ID, "sender", msg.From, "action", string(action))
 		return nil

@@ -72,6 +72,7 @@ type session struct {
 	failures int
 
 	from    string
+	sender  address.Address // from, parsed: the zero Address for <>
 	hasFrom bool
 	utf8    bool
 	// requireTLS: MAIL FROM carried REQUIRETLS (only accepted inside TLS).
@@ -99,7 +100,7 @@ func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 func (s *session) Reset() {
-	s.from, s.hasFrom, s.utf8, s.requireTLS, s.rcpts, s.reject = "", false, false, false, nil, nil
+	s.from, s.sender, s.hasFrom, s.utf8, s.requireTLS, s.rcpts, s.reject = "", address.Address{}, false, false, false, nil, nil
 }
 
 func (s *session) Logout() error { return nil }
@@ -132,7 +133,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			Message: "User " + s.user.Name + " may not send as <" + addr.String() + ">"}
 	}
 	s.Reset()
-	s.from, s.hasFrom = addr.String(), true
+	s.from, s.sender, s.hasFrom = addr.String(), addr, true
 	s.utf8 = utf8
 	s.requireTLS = requireTLS
 	return nil
@@ -166,12 +167,15 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		s.relay.countReject("invalid_address")
 		return addressReply(err, "Recipient", 3)
 	}
-	dest := s.relay.lookup(addr.Domain)
+	dest := s.relay.route(s.sender, addr.Domain)
 	if dest == nil {
-		s.log.Info("recipient refused: no destination for domain", "domain", addr.Domain)
+		s.log.Info("recipient refused: no destination for domain", "domain", addr.Domain, "from", s.from)
 		s.relay.countReject("no_destination")
-		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-			Message: "Relaying to " + addr.Domain + " denied: no [[destination]] in this relay's policy claims that domain"}
+		msg := "Relaying to " + addr.Domain + " denied: no [[destination]] in this relay's policy claims that domain"
+		if s.relay.Config().Table.Claims(addr.Domain) {
+			msg = "Relaying to " + addr.Domain + " from <" + s.from + "> denied: the [[destination]]s that claim that domain are for other senders"
+		}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: msg}
 	}
 	if s.reject != nil && !s.relay.inForce(s.reject) {
 		return policyChanged(s.reject)
@@ -179,6 +183,12 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if len(s.rcpts) > 0 && (s.reject != nil || dest.OnFailure == policy.Reject) && dest != s.reject {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + dest.Name() + " in a separate transaction: a destination in reject mode must have its own transaction so the reply is true for all its recipients"}
+	}
+	if dest.OnFailure == policy.Reject && dest.Limits.MaxRecipientsPerMessage > 0 && len(s.rcpts) >= dest.Limits.MaxRecipientsPerMessage {
+		// A reject-mode transaction goes upstream as one transaction, so
+		// that the one reply is true for every recipient.
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
+			Message: "Too many recipients for " + dest.Name() + " in one transaction (max_recipients_per_message); send the remaining recipients in another transaction"}
 	}
 	if len(s.rcpts) > 0 && s.reject != nil && s.reject.IsMX() && domainOf(s.rcpts[0]) != addr.Domain {
 		// Each domain has its own mail exchangers: one reply to DATA can

@@ -1,13 +1,12 @@
 package relay
 
 import (
-	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/mx"
@@ -18,16 +17,18 @@ import (
 
 // attemptMX delivers for a destination with upstream = "mx": recipients
 // are grouped by domain, and each domain's mail goes to its mail
-// exchangers as its plan says (mx.Planner), one host after the other
-// until one takes the transaction or refuses it. A domain's failure is
-// its recipients' (o.refused), never the destination's: one domain's
-// broken mail server does not suspend the others.
-func (r *Relay) attemptMX(ctx context.Context, fl *flight, log *slog.Logger, env spool.Envelope, o *outcome, body upstream.Body, allOrNothing bool) *outcome {
-	dest := o.dest
-	o.refused = map[string]*policy.Failure{}
+// exchangers as its plan says (mx.Planner). The hosts, one address after
+// the other, are the attempt's hops, found at delivery time: each is
+// tried through attemptHop (per-hop suspension, throttling, the pool of
+// verified connections), moving on as the routing rules say (failsOver).
+// A domain's failure is its recipients' (o.refused), never the
+// destination's: one domain's broken mail server does not make the
+// others' mail wait for it.
+func (r *Relay) attemptMX(fl *flight, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
+	o := &outcome{dest: dest, rcpts: rcpts, refused: map[string]*policy.Failure{}}
 	groups := map[string][]string{}
 	var domains []string
-	for _, rc := range o.rcpts {
+	for _, rc := range rcpts {
 		d := domainOf(rc)
 		if groups[d] == nil {
 			domains = append(domains, d)
@@ -36,20 +37,22 @@ func (r *Relay) attemptMX(ctx context.Context, fl *flight, log *slog.Logger, env
 	}
 	sort.Strings(domains)
 	planner := r.mxPlanner(dest)
+	log := r.log.With("id", env.ID, "destination", dest.Name())
 	for _, dom := range domains {
-		if ctx.Err() != nil {
+		if fl.ctx.Err() != nil {
 			break
 		}
-		rcpts := groups[dom]
-		plan := planner.Plan(ctx, dom, dest.MXSecurity)
-		res := r.deliverDomain(ctx, fl, log.With("domain", dom), env, dest, plan, rcpts, body, allOrNothing)
-		r.countAttempt(env, res)
+		drcpts := groups[dom]
+		plan := planner.Plan(fl.ctx, dom, dest.MXSecurity)
+		res := r.deliverDomain(fl, log.With("domain", dom), env, dest, plan, drcpts, body, allOrNothing)
 		if res.superseded {
-			*o = outcome{dest: dest, rcpts: o.rcpts, superseded: true}
-			log.Info("stopped: the destination's policy was replaced by a reload")
-			return o
+			return res
 		}
-		for _, rc := range rcpts {
+		o.tries = append(o.tries, res.tries...)
+		if res.hop != nil {
+			o.hop = res.hop
+		}
+		for _, rc := range drcpts {
 			if f := res.failureFor(rc); f != nil {
 				o.refused[rc] = f
 			}
@@ -58,7 +61,7 @@ func (r *Relay) attemptMX(ctx context.Context, fl *flight, log *slog.Logger, env
 			o.delivered, o.tls, o.upReply = true, res.tls, res.upReply
 		}
 	}
-	for _, rc := range o.rcpts {
+	for _, rc := range rcpts {
 		if !o.delivered && o.refused[rc] == nil {
 			o.refused[rc] = &policy.Failure{Class: policy.Connect, Host: domainOf(rc), Detail: "not tried: the delivery was stopped (shutdown or delivery_timeout)", Fix: "the relay will retry"}
 		}
@@ -67,11 +70,10 @@ func (r *Relay) attemptMX(ctx context.Context, fl *flight, log *slog.Logger, env
 }
 
 // deliverDomain sends the message to rcpts, all of plan's domain.
-func (r *Relay) deliverDomain(ctx context.Context, fl *flight, log *slog.Logger, env spool.Envelope, dest *policy.Destination, plan *mx.Plan, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
+func (r *Relay) deliverDomain(fl *flight, log *slog.Logger, env spool.Envelope, dest *policy.Destination, plan *mx.Plan, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	if f := plan.Failure; f != nil {
-		desc := tlsrpt.PolicyDesc{Type: tlsrpt.NoPolicyFound}
-		r.recordRPT(log, plan.Domain, desc, "", "", f)
+		r.recordRPT(log, plan.Domain, tlsrpt.PolicyDesc{Type: tlsrpt.NoPolicyFound}, "", "", f)
 		r.logMXFailure(log, "delivery attempt failed", f)
 		o.failure = f
 		return o
@@ -84,8 +86,6 @@ func (r *Relay) deliverDomain(ctx context.Context, fl *flight, log *slog.Logger,
 			last = f
 		}
 	}
-	dialer := r.dialer()
-	dialer.DialContext = r.mxDial
 	for _, h := range plan.Hosts {
 		hlog := log.With("mx", h.Name)
 		if h.Failure != nil {
@@ -107,56 +107,37 @@ func (r *Relay) deliverDomain(ctx context.Context, fl *flight, log *slog.Logger,
 			r.logMXFailure(hlog, "MTA-STS policy in testing mode does not list this mail exchanger; delivering under verify", h.Problem)
 		}
 		for _, ip := range h.Addrs {
-			addr := net.JoinHostPort(ip.String(), policy.MXPort)
-			hd := dest.ForMX(h.Auth, addr)
-			alog := hlog.With("address", addr)
-			if !fl.send() {
-				o.superseded = true
-				return o
+			hop := r.mxHop(dest, h.Auth, net.JoinHostPort(ip.String(), policy.MXPort))
+			ho := r.attemptHop(fl, env, hop, rcpts, body, allOrNothing)
+			if ho.superseded {
+				return ho
 			}
-			conn, err := dialer.Dial(ctx, hd)
-			if err != nil {
-				if ctx.Err() != nil && fl.retired() {
-					o.superseded = true
-					return o
-				}
-				f := policy.FailureOf(hd.Upstream, err)
-				if h.Problem == nil {
-					r.recordRPT(alog, plan.Domain, h.Policy, h.Name, ip.String(), f)
-				}
-				r.logMXFailure(alog, "delivery attempt failed", f)
-				note(f)
-				if ctx.Err() != nil {
-					break
-				}
-				continue
-			}
+			o.tries = append(o.tries, hopTry{hop, ho.failure})
 			if h.Problem == nil {
-				r.recordRPT(alog, plan.Domain, h.Policy, h.Name, ip.String(), nil)
-			}
-			res, err := conn.Send(ctx, env.From, rcpts, body, allOrNothing)
-			o.tls = conn.TLS
-			conn.Close()
-			if err != nil {
-				f := policy.FailureOf(hd.Upstream, err)
-				r.logMXFailure(alog, "delivery attempt failed", f)
-				if f.Class == policy.RequireTLS {
-					note(f) // another mail exchanger may offer it
-					break
+				switch f := ho.failure; {
+				case f != nil && f.RPT() != "":
+					r.recordRPT(hlog, plan.Domain, h.Policy, h.Name, ip.String(), f)
+				case ho.tls.HandshakeComplete:
+					r.recordRPT(hlog, plan.Domain, h.Policy, h.Name, ip.String(), nil)
 				}
-				o.failure = f // the server answered: its word stands
-				return o
 			}
-			o.refused, o.upReply = res.Refused, res.Reply
-			o.delivered = len(res.Refused) < len(rcpts) && !(allOrNothing && len(res.Refused) > 0)
-			for rc, f := range res.Refused {
-				logFailure(alog.With("rcpt", rc), "recipient refused by upstream", f)
+			if ho.failure == nil {
+				if ho.delivered {
+					hlog.Info("delivered to mail exchanger", "address", ip.String(), "security", security(h))
+				}
+				ho.tries = o.tries
+				return ho // the server took the transaction, whatever it said of single recipients
 			}
-			if o.delivered {
-				alog.Info("delivered", "security", security(h), "tls_version", tls.VersionName(conn.TLS.Version),
-					"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "refused", len(res.Refused), "reply", res.Reply)
+			if ho.failure.Class == policy.RequireTLS {
+				note(ho.failure) // another mail exchanger may offer it
+				break
 			}
-			return o
+			if !failsOver(ho.failure.Class) || fl.ctx.Err() != nil {
+				ho.tries = o.tries
+				return ho // the server's verdict on the message stands
+			}
+			note(ho.failure)
+			o.hop = hop
 		}
 	}
 	if last == nil {
@@ -164,6 +145,24 @@ func (r *Relay) deliverDomain(ctx context.Context, fl *flight, log *slog.Logger,
 	}
 	o.failure = last
 	return o
+}
+
+// mxHop returns the hop for one address of a mail exchanger: dest's
+// policy with what the host must prove (policy.Destination.ForMX). Hops
+// are kept, by everything that shapes their verification, so that the
+// pool of verified connections and the per-hop suspension find them
+// again at the next message.
+func (r *Relay) mxHop(dest *policy.Destination, h policy.MXHost, addr string) *policy.Destination {
+	var key strings.Builder
+	fmt.Fprintf(&key, "%p|%s|%s|%s|%s|%v|%s", dest, addr, h.Name, h.Base, h.Domain, h.DANE, h.TLSAName)
+	for _, t := range h.TLSA {
+		key.WriteString("|" + t.String())
+	}
+	if hop, ok := r.mxHops.Load(key.String()); ok {
+		return hop.(*policy.Destination)
+	}
+	hop, _ := r.mxHops.LoadOrStore(key.String(), dest.ForMX(h, addr))
+	return hop.(*policy.Destination)
 }
 
 // security names how a host was authenticated, for the log.
@@ -179,8 +178,10 @@ func security(h mx.Host) string {
 
 // logMXFailure is logFailure with the TLS-RPT result type beside the class.
 func (r *Relay) logMXFailure(log *slog.Logger, msg string, f *policy.Failure) {
-	if rt := f.RPT(); rt != "" {
-		log = log.With("tlsrpt_result", string(rt))
+	if f.Result == "" && f.RPT() != "" {
+		g := *f
+		g.Result = f.RPT()
+		f = &g
 	}
 	logFailure(log, msg, f)
 }

@@ -31,7 +31,7 @@ type queue struct {
 	waiting map[string]map[string]bool
 	// nwaiting counts the entries of waiting, read without the lock.
 	nwaiting atomic.Int64
-	// down holds the suspended destinations, by name; ndown counts them.
+	// down holds the suspended hops, by HopName; ndown counts them.
 	down  map[string]downDest
 	ndown atomic.Int64
 	// released is when each destination last released its waiting ones.
@@ -345,12 +345,43 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	// route for); a group whose destination a reload replaced before it
 	// went is not marked, and is routed again under the new policy.
 	tried := make([]bool, len(st.Recipients))
+	var lw limitWait
 	for round := 0; round < maxRoutings && ctx.Err() == nil; round++ {
-		if !r.deliverRouted(ctx, msg, &st, tried) {
+		if !r.deliverRouted(ctx, msg, &st, tried, &lw) {
 			break
 		}
 	}
-	return r.settle(msg, st)
+	if lw.limited && lw.attempted == 0 {
+		// Only a destination's limit stood in the way: nothing was tried,
+		// so no attempt is counted and no backoff grows. The message goes
+		// when the limit lets it (a connection given back makes it due at
+		// once; the timer is the rate's wait, or a safety net).
+		return r.now().Add(lw.wait(r.Config().Queue.RetryMin.Duration)), true
+	}
+	next, keep := r.settle(msg, st)
+	if keep && lw.limited && !next.IsZero() {
+		if soon := r.now().Add(lw.wait(r.Config().Queue.RetryMin.Duration)); soon.Before(next) {
+			next = soon
+		}
+	}
+	return next, keep
+}
+
+// limitWait gathers, over one delivery run, whether a destination's limit
+// kept recipients from being tried, and for how long at least.
+type limitWait struct {
+	limited   bool
+	rate      time.Duration // the longest wait a rate limit named
+	attempted int           // attempts that did go
+}
+
+// wait is when to look at the message again: after the rate's wait, or
+// (waiting for a connection, which wakes it) at the latest after fallback.
+func (lw *limitWait) wait(fallback time.Duration) time.Duration {
+	if lw.rate > 0 {
+		return lw.rate
+	}
+	return fallback
 }
 
 // maxRoutings bounds how often one delivery run routes a message again
@@ -363,21 +394,22 @@ const maxRoutings = 3
 // at its next attempt) and makes one attempt per destination. It reports
 // whether a reload replaced a destination before its attempt went, so
 // that the caller routes those recipients again.
-func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool.State, tried []bool) (again bool) {
+func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool.State, tried []bool, lw *limitWait) (again bool) {
 	cfg := r.Config()
 	id := msg.ID
 	groups := map[*policy.Destination][]int{}
 	var order []*policy.Destination
 	now := r.now()
+	sender := senderOf(msg.From)
 	for i, rc := range st.Recipients {
 		if rc.Status != spool.StatusPending || tried[i] {
 			continue
 		}
-		dest := cfg.Table.Lookup(domainOf(rc.Addr))
+		dest := cfg.Table.Choose(sender, domainOf(rc.Addr))
 		if dest == nil {
 			tried[i] = true
 			st.Recipients[i].Class = string(policy.NoRoute)
-			st.Recipients[i].Reason = "no [[destination]] claims this domain any more"
+			st.Recipients[i].Reason = "no [[destination]] claims this domain (for this sender) any more"
 			st.Recipients[i].Fix = "add a [[destination]] for the domain (and reload), or delete the message"
 			st.Recipients[i].When = now
 			continue
@@ -389,11 +421,34 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 	}
 	sort.Slice(order, func(a, b int) bool { return order[a].Name() < order[b].Name() })
 
-	for n, dest := range order {
+	// Each destination's recipients go in transactions of at most its
+	// max_recipients_per_message, each recipient in exactly one.
+	type batch struct {
+		dest *policy.Destination
+		idx  []int
+	}
+	var batches []batch
+	for _, dest := range order {
+		idx := groups[dest]
+		per := dest.Limits.MaxRecipientsPerMessage
+		if per <= 0 {
+			per = len(idx)
+		}
+		for len(idx) > 0 {
+			n := min(per, len(idx))
+			batches = append(batches, batch{dest, idx[:n]})
+			idx = idx[n:]
+		}
+	}
+	limitedDest := map[*policy.Destination]bool{}
+	for n, b := range batches {
 		if ctx.Err() != nil {
 			break
 		}
-		idx := groups[dest]
+		dest, idx := b.dest, b.idx
+		if limitedDest[dest] {
+			continue
+		}
 		rcpts := make([]string, len(idx))
 		for k, i := range idx {
 			rcpts[k] = st.Recipients[i].Addr
@@ -405,18 +460,39 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 			again = true
 			continue
 		}
+		if o.limited != nil {
+			// Not tried: these recipients wait, their state untouched.
+			limitedDest[dest] = true
+			lw.limited = true
+			lw.rate = max(lw.rate, o.limited.Wait)
+			continue
+		}
+		lw.attempted++
 		for _, i := range idx {
 			tried[i] = true
 		}
 		result := "delivered"
-		if o.failure != nil {
+		switch {
+		case o.failure != nil:
 			result = string(o.failure.Class)
+		case !o.delivered:
+			result = "refused" // every recipient refused, one by one
 		}
-		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: dest.Upstream, Result: result}
+		a := spool.Attempt{At: r.now(), Destination: dest.Name(), Upstream: o.via().Upstream, Result: result}
 		if o.failure != nil {
 			a.Detail = o.failure.Detail
 			if waitsForDestination(o.failure.Class) {
 				r.queue.waitFor(id, dest.Name())
+			}
+		}
+		if len(o.tries) > 1 {
+			// The state names each hop tried and why each one failed.
+			for _, t := range o.tries[:len(o.tries)-1] {
+				st.AddAttempt(spool.Attempt{At: a.At, Destination: dest.Name(), Upstream: t.hop.Upstream,
+					Result: string(t.failure.Class), Detail: t.failure.Detail})
+			}
+			if o.failure != nil {
+				a.Detail = o.tries[len(o.tries)-1].failure.Detail
 			}
 		}
 		st.AddAttempt(a)
@@ -434,7 +510,7 @@ func (r *Relay) deliverRouted(ctx context.Context, msg *spool.Message, st *spool
 				}
 			}
 		}
-		if o.delivered && (n < len(order)-1 || again) {
+		if o.delivered && (n < len(batches)-1 || again) {
 			// Other destinations are still to be tried: record who has it
 			// now, so a crash during those does not send it to them twice.
 			// (After the last one, settle records or removes the message.)

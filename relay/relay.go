@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/address"
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/metrics"
 	"tlsrelay/relay/oauth"
@@ -72,11 +73,16 @@ type Relay struct {
 	// policygate.go); reloading serializes reloads.
 	gates     atomic.Pointer[gates]
 	reloading sync.Mutex
+	// limits holds each limited destination's *limit.Gate, by
+	// *policy.Destination (see limits.go).
+	limits sync.Map
 
 	// mxDial is Options.MXDial; reports keeps the TLS-RPT reports of MX
 	// delivery.
 	mxDial  func(ctx context.Context, network, addr string) (net.Conn, error)
 	reports *tlsrpt.Store
+	// mxHops keeps the hops of delivery to mail exchangers (see mxHop).
+	mxHops sync.Map
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
@@ -240,8 +246,29 @@ func (r *Relay) Done() <-chan error { return r.served }
 // QueueSize returns the number of messages in the queue.
 func (r *Relay) QueueSize() int { return r.queue.size() }
 
-func (r *Relay) lookup(domain string) *policy.Destination {
-	return r.Config().Table.Lookup(domain)
+// route chooses the destination for mail from sender (the zero Address
+// for <>) to a recipient at domain, under the policy in force.
+func (r *Relay) route(sender address.Address, domain string) *policy.Destination {
+	return r.Config().Table.Choose(policySender(sender), domain)
+}
+
+// policySender is the sender as routing sees it.
+func policySender(a address.Address) policy.Sender {
+	return policy.Sender{Local: a.Local, Domain: a.Domain}
+}
+
+// senderOf parses a spooled envelope sender (canonical, "" for <>) for
+// routing; one that does not parse (it always does: the spool keeps the
+// parsed form) routes as the null sender, by recipient alone.
+func senderOf(from string) policy.Sender {
+	if from == "" {
+		return policy.Sender{}
+	}
+	a, err := address.Parse(from, true)
+	if err != nil {
+		return policy.Sender{}
+	}
+	return policySender(a)
 }
 
 func (r *Relay) now() time.Time {
@@ -254,5 +281,6 @@ func (r *Relay) now() time.Time {
 // dialer returns an upstream dialer for the configuration in force.
 func (r *Relay) dialer() *upstream.Dialer {
 	cfg := r.Config()
-	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock, Tokens: r.tokens}
+	return &upstream.Dialer{LocalName: cfg.Server.Hostname, Timeout: cfg.Queue.ConnectTimeout.Duration, Clock: r.clock, Tokens: r.tokens,
+		DialContext: r.mxDial}
 }

@@ -10,6 +10,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/oauth"
 )
 
 // ReloadFile loads the configuration at path and puts it in force (see
@@ -80,7 +81,8 @@ func (r *Relay) Reload(next *config.Config) {
 	r.gates.Store(&gs)
 	r.cfg.Store(next)
 	waited := retire(old, gs, retireGrace)
-	closed := r.pool.Prune(func(d *policy.Destination) bool { return gs[d] != nil })
+	closed := r.pool.Prune(func(hop *policy.Destination) bool { return gs[hop.Parent()] != nil })
+	r.forgetLimits(func(d *policy.Destination) bool { return gs[d] != nil })
 	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level
@@ -128,7 +130,8 @@ func keepUnchanged(cur *policy.Table, next *config.Config) {
 // variables it names (a reload re-reads them, and a CA file or a password
 // may have changed under the same name).
 func samePolicy(a, b *policy.Destination) bool {
-	if !reflect.DeepEqual(a.Spec(), b.Spec()) || a.AuthPassword != b.AuthPassword {
+	if !reflect.DeepEqual(a.Spec(), b.Spec()) || a.AuthPassword != b.AuthPassword ||
+		oauth.Fingerprint(a.OAuth) != oauth.Fingerprint(b.OAuth) {
 		return false
 	}
 	if (a.Roots == nil) != (b.Roots == nil) || a.Roots != nil && !a.Roots.Equal(b.Roots) {

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"tlsrelay/policy"
 	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/config"
 	"tlsrelay/relay/sink"
@@ -317,5 +319,33 @@ func TestReloadStopsADeliveryStillConnecting(t *testing.T) {
 	}
 	if !strings.Contains(tr.logs.String(), "deliveries_waited_for=1") {
 		t.Error("the reload's log line does not count the delivery it waited for")
+	}
+}
+
+// TestReloadSeesAChangedClientSecret: a client secret rotated in its file,
+// with the configuration text unchanged, makes the destination a changed
+// one, so a reload puts the new secret in force.
+func TestReloadSeesAChangedClientSecret(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "secret")
+	compile := func(content string) *policy.Destination {
+		t.Helper()
+		if err := os.WriteFile(secret, []byte(content), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(secret, 0o600)
+		d, err := policy.Compile(policy.Spec{Domains: []string{"example.com"}, Upstream: "smtp.example.com:587",
+			OAuth: &policy.OAuthSpec{Flow: "client_credentials", Mailbox: "a@example.com", ClientID: "c",
+				ClientSecretFile: secret, TokenURL: "https://idp.example.test/token", Scopes: []string{"s"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	old, same, rotated := compile("first"), compile("first"), compile("second")
+	if !samePolicy(old, same) {
+		t.Error("an unchanged OAuth destination counts as changed")
+	}
+	if samePolicy(old, rotated) {
+		t.Error("a destination whose client secret changed counts as unchanged: the reload would keep the old secret")
 	}
 }

@@ -24,13 +24,16 @@ import (
 // an upstream that only now and then completes a transaction (overloaded,
 // half up) must not draw the whole backlog onto itself at every success.
 
-// A destination whose connection attempts time out is also suspended for
-// retry_min: its messages are deferred at once with the same verdict
-// instead of each tying up a worker for up to connect_timeout, which would
-// starve every other destination of workers (one blackholed server, 16
-// workers, 30 s each). When the time is up, one attempt probes it while
-// the others keep being deferred; the probe's result ends or renews the
-// suspension. Only slow connect failures suspend: a refused connection, a
+// An upstream (one hop of a destination) whose connection attempts time
+// out is also suspended for retry_min: an attempt skips it at once with
+// the same verdict — to the destination's next hop, or, when it was the
+// last, deferring the message — instead of each tying up a worker for up
+// to connect_timeout, which would starve every other destination of
+// workers (one blackholed server, 16 workers, 30 s each). When the time
+// is up, one attempt probes it while the others keep skipping it; the
+// probe's result ends or renews the suspension. Suspensions are kept per
+// hop, by policy.Destination.HopName ("name host:port"): a dead primary
+// costs nothing on the next message, which goes to the secondary at once. Only slow connect failures suspend: a refused connection, a
 // TLS or a login verdict comes back within a round trip, so trying again
 // costs little and shows a fix at once.
 
@@ -40,42 +43,56 @@ import (
 // at least this long.
 const slowConnect = time.Second
 
-// downDest is a suspended destination.
+// An upstream that throttles (see throttleOf) is backed off the same way,
+// as a whole: for the time its reply names, else for retry_min, doubling
+// while it keeps throttling up to retry_max. Attempts meanwhile use the
+// destination's next hop; with every hop backing off, the mail waits in
+// the queue. Issue 17 is to extend this one mechanism to every failure of
+// a destination: suspend, probe, resume are the whole API.
+
+// downDest is a suspended hop.
 type downDest struct {
 	until   time.Time
 	failure *policy.Failure
 	probing bool // an attempt past until is under way
+	// throttles counts the throttling replies in a row (0: suspended
+	// after a timeout).
+	throttles int
 }
 
-// suspended returns the verdict to defer a message to dest with, without
-// trying, or nil when the caller should try: the destination is not
-// suspended, or the caller is the one probe once the suspension is up. A
-// caller told to try must report its result with tried.
-func (q *queue) suspended(dest string) *policy.Failure {
+// suspended returns the verdict to skip hop (a HopName) with, without
+// trying, or nil when the caller should try: the hop is not suspended, or
+// the caller is the one probe once the suspension is up. A caller told to
+// try must report its result with tried.
+func (q *queue) suspended(hop string) *policy.Failure {
 	if q.ndown.Load() == 0 {
 		return nil
 	}
 	now := q.r.now()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	d, ok := q.down[dest]
+	d, ok := q.down[hop]
 	if !ok {
 		return nil
 	}
 	if now.Before(d.until) || d.probing {
 		f := *d.failure
-		f.Detail += "; not tried again until " + d.until.UTC().Format("15:04:05 UTC") + " (destination suspended after this failure)"
+		why := "upstream suspended after this failure"
+		if d.throttles > 0 {
+			why = "the upstream throttles; backing off"
+		}
+		f.Detail += "; not tried again until " + d.until.UTC().Format("15:04:05 UTC") + " (" + why + ")"
 		return &f
 	}
 	d.probing = true
-	q.down[dest] = d
+	q.down[hop] = d
 	return nil
 }
 
-// tried records the result of an attempt to dest that took so long: a
-// slow connect failure suspends it (again), anything else ends its
-// suspension.
-func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
+// tried records the result of an attempt to hop (a HopName) that took so
+// long: a slow connect failure suspends it (again), anything else ends
+// its suspension.
+func (q *queue) tried(hop string, f *policy.Failure, took time.Duration) {
 	if f != nil && f.Class == policy.Connect && took >= slowConnect {
 		until := q.r.now().Add(q.r.Config().Queue.RetryMin.Duration)
 		q.mu.Lock()
@@ -83,10 +100,10 @@ func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
 		if q.down == nil {
 			q.down = map[string]downDest{}
 		}
-		if _, ok := q.down[dest]; !ok {
+		if _, ok := q.down[hop]; !ok {
 			q.ndown.Add(1)
 		}
-		q.down[dest] = downDest{until: until, failure: f}
+		q.down[hop] = downDest{until: until, failure: f}
 		return
 	}
 	if q.ndown.Load() == 0 {
@@ -94,10 +111,38 @@ func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if _, ok := q.down[dest]; ok {
-		delete(q.down, dest)
+	if _, ok := q.down[hop]; ok {
+		delete(q.down, hop)
 		q.ndown.Add(-1)
 	}
+}
+
+// throttle backs hop off after it throttled (f): until the time named
+// (when named > 0), else for retry_min doubled per throttle in a row, at
+// most retry_max. It returns until when.
+func (q *queue) throttle(hop string, f *policy.Failure, named time.Duration) time.Time {
+	cfg := q.r.Config().Queue
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.down == nil {
+		q.down = map[string]downDest{}
+	}
+	d, ok := q.down[hop]
+	if !ok {
+		q.ndown.Add(1)
+	}
+	n := d.throttles + 1
+	wait := named
+	if wait <= 0 {
+		wait = cfg.RetryMin.Duration
+		for i := 1; i < n && wait < cfg.RetryMax.Duration; i++ {
+			wait *= 2
+		}
+		wait = min(wait, cfg.RetryMax.Duration)
+	}
+	until := q.r.now().Add(wait)
+	q.down[hop] = downDest{until: until, failure: f, throttles: n}
+	return until
 }
 
 // resume ends every suspension: an operator asked for a retry, or a reload

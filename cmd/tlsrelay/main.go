@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 )
 
 const usage = `tlsrelay: a local SMTP relay that only ever sends mail upstream over verified TLS
@@ -17,6 +18,8 @@ Usage:
   tlsrelay check -config FILE [-auth] DOMAIN
                                     probe the upstream of DOMAIN with its policy (-auth: log in too); never sends mail
   tlsrelay check [-starttls|-implicit] [-ca-file F] [-min-tls 1.2] [-hostname H] HOST:PORT
+  tlsrelay route [-config FILE] [-json] SENDER RECIPIENT...
+                                    which destination each recipient goes to, and why; sends nothing
   tlsrelay config check [-config FILE]
                                     validate a configuration and print it with defaults filled in
   tlsrelay queue [-config FILE] list|show|retry|hold|release|delete|bounce [ID|-all]
@@ -29,6 +32,9 @@ Usage:
                                     list the daily TLS-RPT reports of delivery to mail exchangers, or print one
   tlsrelay passwd [-senders P,...] USER
                                     print an auth_users_file line (password from the terminal or stdin)
+  tlsrelay sendmail [-t] [-i] [-f SENDER] [-F NAME] [--] [RECIPIENT...]
+                                    the sendmail command for local programs (also as "sendmail";
+                                    "mailq" is "queue list")
   tlsrelay version                  print the version
 
 Without -config, serve and config check use ./tlsrelay.toml, then /etc/tlsrelay/config.toml.
@@ -39,7 +45,16 @@ Flags may be written with - or --. Documentation: README.md.
 const exitUsage = 2
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	// Installed as /usr/sbin/sendmail and /usr/bin/mailq (symbolic links),
+	// tlsrelay behaves as those commands.
+	switch filepath.Base(os.Args[0]) {
+	case "sendmail":
+		args = append([]string{"sendmail"}, args...)
+	case "mailq":
+		args = append([]string{"queue", "list"}, args...)
+	}
+	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -60,8 +75,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "tlsrpt":
 		return cmdTLSRPT(args[1:], stdout, stderr)
+	case "route":
+		return cmdRoute(args[1:], stdout, stderr)
 	case "demo":
 		return cmdDemo(args[1:], stdout, stderr)
+	case "sendmail":
+		return cmdSendmail(args[1:], stdin, stdout, stderr)
 	case "config":
 		if len(args) < 2 || args[1] != "check" {
 			fmt.Fprint(stderr, "tlsrelay config: the only subcommand is \"check\"\n\n"+usage)

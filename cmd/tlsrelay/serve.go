@@ -155,6 +155,17 @@ func cmdServe(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	stopImport, err := startDropImport(cfg, r, log)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		r.Shutdown(context.Background())
+		return 1
+	}
+	defer stopImport()
+	// Listening, spool recovered, drop import running: ready (systemd Type=notify).
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot notify systemd of readiness", "error", err)
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 wait:
@@ -175,6 +186,8 @@ wait:
 		}
 	}
 	signal.Stop(sigs)
+	sdNotify("STOPPING=1")
+	stopImport()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.Duration)
 	defer cancel()
 	if err := r.Shutdown(ctx); err != nil {

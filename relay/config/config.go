@@ -29,6 +29,7 @@ type Config struct {
 	DNS         DNS            `toml:"dns"`
 	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
+	Sendmail    Sendmail       `toml:"sendmail"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -159,8 +160,9 @@ func Default() *Config {
 			UpstreamMaxMessages: 1000,
 			UpstreamMaxAge:      Duration{5 * time.Minute},
 		},
-		Log: Log{Level: "info", Format: "auto"},
-		DNS: DNS{Resolver: "127.0.0.1:53"},
+		Log:      Log{Level: "info", Format: "auto"},
+		Sendmail: DefaultSendmail(),
+		DNS:      DNS{Resolver: "127.0.0.1:53"},
 	}
 }
 
@@ -270,6 +272,7 @@ func (c *Config) check(src string, p *problems) {
 	if q.Workers <= 0 || q.Workers > 1024 {
 		p.add(bad("queue", "workers", "must be between 1 and 1024; write e.g. workers = 16"))
 	}
+	c.checkSendmail(bad, p)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
@@ -331,6 +334,16 @@ func (c *Config) checkDestinations(src string, p *problems) {
 				fmt.Sprintf("destination[%d].domains", dup.Then+1), dup.Error()))
 			dests = slices.Delete(dests, de.Then, de.Then+1)
 			index = slices.Delete(index, de.Then, de.Then+1)
+			continue
+		}
+		var ae *policy.AmbiguousRouteError
+		if errors.As(err, &ae) {
+			amb := *ae
+			amb.First, amb.Then = index[ae.First], index[ae.Then]
+			p.add(newError(c.Path, lineOf(src, "destination", amb.Then, "senders"),
+				fmt.Sprintf("destination[%d].senders", amb.Then+1), amb.Error()))
+			dests = slices.Delete(dests, ae.Then, ae.Then+1)
+			index = slices.Delete(index, ae.Then, ae.Then+1)
 			continue
 		}
 		if err != nil {

@@ -13,6 +13,7 @@ func (c *Config) Effective() *Config {
 	out.Destination = nil
 	for _, d := range c.Table.Destinations() {
 		spec := d.Spec()
+		spec.Upstreams = d.HopAddrs()
 		spec.TLS = string(d.Mode)
 		spec.MinTLS = strings.TrimPrefix(tls.VersionName(d.MinTLS), "TLS ")
 		spec.OnFailure = string(d.OnFailure)

@@ -31,6 +31,10 @@ type Metrics struct {
 	// TokenExpiry, if set, reports each OAuth destination's current token
 	// expiry; it is read at every scrape.
 	TokenExpiry func() map[string]time.Time
+	// Per destination limits and throttling.
+	LimitWaiting     *prometheus.GaugeVec   // destination: messages waiting for a limit
+	ConnectionsInUse *prometheus.GaugeVec   // destination: connections taken under max_connections
+	Throttles        *prometheus.CounterVec // destination, upstream: throttling replies
 }
 
 // QueueStats reports the queue's size and its oldest message, at scrape.
@@ -67,6 +71,12 @@ func New(queue QueueStats) *Metrics {
 			Help: "Sessions of delivery to mail exchangers, by TLS-RPT policy type (tlsa, sts, no-policy-found), result (success or the RFC 8460 result type) and tlsrelay's failure class."},
 			[]string{"policy", "result", "class"}),
 	}
+	m.LimitWaiting = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_limit_waiting_messages",
+		Help: "Messages waiting for a limit of the destination (max_connections, max_messages_per_minute)."}, []string{"destination"})
+	m.ConnectionsInUse = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_connections_in_use",
+		Help: "Connections to a limited destination's upstreams in use."}, []string{"destination"})
+	m.Throttles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_upstream_throttles_total",
+		Help: "Times an upstream throttled the relay and was backed off."}, []string{"destination", "upstream"})
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
 	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_oldest_message_age_seconds",
@@ -79,6 +89,7 @@ func New(queue QueueStats) *Metrics {
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
 		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, m.TLSRPT, tokenExpiry{m},
+		m.LimitWaiting, m.ConnectionsInUse, m.Throttles,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")

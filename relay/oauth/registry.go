@@ -51,7 +51,7 @@ func (r *Registry) Source(d *policy.Destination) *Source {
 	if d.OAuth == nil {
 		return nil
 	}
-	key := fingerprint(d.OAuth)
+	key := Fingerprint(d.OAuth)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.sources[d.Name()]; e != nil && e.key == key {
@@ -128,9 +128,13 @@ func ReadStatus(path string) (*StatusReport, error) {
 	return &rep, nil
 }
 
-// fingerprint identifies an OAuth configuration, secrets included (as a
-// hash), so a changed secret gets a new Source.
-func fingerprint(c *policy.OAuth) string {
+// Fingerprint identifies what a token source is made from (secrets
+// included, as a hash): two compiled configurations with the same
+// fingerprint get the same tokens. nil has the fingerprint "".
+func Fingerprint(c *policy.OAuth) string {
+	if c == nil {
+		return ""
+	}
 	h := sha256.New()
 	parts := []string{c.Provider, string(c.Flow), c.Mailbox, c.Tenant, c.ClientID, c.ClientSecret.Reveal(),
 		c.TokenURL, strings.Join(c.Scopes, " "), c.RefreshTokenFile, c.CAFile}

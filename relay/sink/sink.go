@@ -84,6 +84,7 @@ type Sink struct {
 	sessions int
 	live     map[*trackedConn]bool // open connections
 	refused  int                   // OAuth tokens refused
+	peak     int                   // the most connections open at once
 	arrived  chan struct{}
 	// stream is go-smtp's debug stream, with RecordCommands.
 	stream bytes.Buffer
@@ -227,6 +228,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 		l.sink.live = map[*trackedConn]bool{}
 	}
 	l.sink.live[tc] = true
+	l.sink.peak = max(l.sink.peak, len(l.sink.live))
 	l.sink.mu.Unlock()
 	return tc, nil
 }
@@ -264,6 +266,13 @@ func (s *Sink) RefusedTokens() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.refused
+}
+
+// PeakSessions returns the most connections that were open at once.
+func (s *Sink) PeakSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.peak
 }
 
 // Count returns the number of messages received, kept or discarded.

@@ -68,6 +68,9 @@ type Conn struct {
 func (d *Dialer) Dial(ctx context.Context, dest *policy.Destination) (*Conn, error) {
 	conn, err := d.dialTLS(ctx, dest, nil)
 	if err != nil {
+		if f, ok := policy.AsFailure(err); ok && dest.MXHost() != nil && f.Result == "" {
+			f.Result = f.RPT() // a mail exchanger's failure carries its TLS-RPT result type
+		}
 		return nil, err
 	}
 	if dest.LogsIn() {
