@@ -24,11 +24,14 @@ type routeReport struct {
 	SenderPattern    string           `json:"sender_pattern,omitempty"`
 	Considered       []routeCandidate `json:"considered"`
 	Hops             []routeHop       `json:"hops,omitempty"`
-	TLS              *routeTLS        `json:"tls,omitempty"`
-	OnFailure        string           `json:"on_failure,omitempty"`
-	Limits           *policy.Limits   `json:"limits,omitempty"`
-	EnvelopeFrom     string           `json:"envelope_from,omitempty"`
-	HeaderFrom       string           `json:"header_from,omitempty"`
+	// MXSecurity is set for upstream = "mx": the hops are the recipient
+	// domain's mail exchangers, found at delivery time.
+	MXSecurity   string         `json:"mx_security,omitempty"`
+	TLS          *routeTLS      `json:"tls,omitempty"`
+	OnFailure    string         `json:"on_failure,omitempty"`
+	Limits       *policy.Limits `json:"limits,omitempty"`
+	EnvelopeFrom string         `json:"envelope_from,omitempty"`
+	HeaderFrom   string         `json:"header_from,omitempty"`
 }
 
 type routeCandidate struct {
@@ -142,6 +145,9 @@ func explainRoute(cfg *config.Config, sender, rcpt address.Address) routeReport 
 	for _, h := range d.Hops() {
 		r.Hops = append(r.Hops, routeHop{Upstream: h.Upstream, RequireHostname: h.RequireHostname, ServerName: h.ServerName})
 	}
+	if d.IsMX() {
+		r.MXSecurity = string(d.MXSecurity)
+	}
 	trust := "system roots"
 	if d.CAFile != "" {
 		trust = "ca_file " + d.CAFile
@@ -191,6 +197,10 @@ func (r *routeReport) writeText(w io.Writer, from string) {
 		return
 	}
 	for i, h := range r.Hops {
+		if r.MXSecurity != "" {
+			line("hops", "the recipient domain's mail exchangers, found at delivery time, mx_security=%s (tlsrelay check -config FILE DOMAIN shows them)", r.MXSecurity)
+			break
+		}
 		k := ""
 		if i == 0 {
 			k = "hops"
