@@ -265,3 +265,30 @@ func TestMXREQUIRETLS(t *testing.T) {
 		t.Errorf("REQUIRETLS mail went where it must not: %d, %d", lacks.Count(), insecure.Count())
 	}
 }
+
+// TestMXTLSRequiredNo: the header relaxes MTA-STS to verify, and nothing
+// else: a DANE failure stays a failure, and so does a certificate that
+// fails verify.
+func TestMXTLSRequiredNo(t *testing.T) {
+	w := newMXWorld(t)
+	notListed := w.Host("mx.sts.test", sink.Options{})
+	w.DNS.MustAdd("sts.test. MX 10 mx.sts.test.")
+	w.STS("sts.test", "1", mxtest.Policy("enforce", 86400, "other.sts.test"))
+	w.DNS.Zone("dane.test", true)
+	daneHost := w.Host("mx.dane.test", sink.Options{})
+	other, _ := certgen.NewCA("Other")
+	wrong, _ := other.Issue(certgen.Options{DNSNames: []string{"x"}})
+	w.DNS.MustAdd("dane.test. MX 10 mx.dane.test.", tlsa("mx.dane.test", policy.TLSAFor(3, wrong.Cert)))
+	tr := w.relay(`on_failure = "reject"`)
+	optional := "From: app@sender.test\r\nTLS-Required: No\r\nSubject: x\r\n\r\nbody\r\n"
+
+	wantFailure(t, replyOf(tr, "a@sts.test"), 554, "mx_security")
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"a@sts.test"}, optional); err != nil || notListed.Count() != 1 {
+		t.Errorf("TLS-Required: No past MTA-STS: %v, %d delivered", err, notListed.Count())
+	}
+	_, err := submit(tr.Addr().String(), "app@sender.test", []string{"a@dane.test"}, optional)
+	wantFailure(t, err, 554, "dane_mismatch")
+	if daneHost.Count() != 0 {
+		t.Error("TLS-Required: No relaxed DANE")
+	}
+}

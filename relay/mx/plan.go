@@ -27,6 +27,11 @@ type Planner struct {
 	// Shuffle orders mail exchangers of equal preference (default: at
 	// random, RFC 5321 §5.1).
 	Shuffle func([]dnsx.MX)
+	// RelaxSTS is set for a message with the header "TLS-Required: No"
+	// (RFC 8689 §5): MTA-STS no longer excludes hosts or requires a
+	// policy, and such hosts are judged by verify. DANE is never relaxed,
+	// nor verify itself: tlsrelay never uses unverified TLS.
+	RelaxSTS bool
 }
 
 // Plan is how one recipient domain's mail may go.
@@ -101,7 +106,7 @@ func (p *Planner) Plan(ctx context.Context, domain string, level policy.MXSecuri
 		_ = err // a policy that could not be cached is still in force
 		plan.STS = &r
 	}
-	if level == policy.STSOnly && (plan.STS == nil || plan.STS.Policy == nil) {
+	if level == policy.STSOnly && (plan.STS == nil || plan.STS.Policy == nil) && !p.RelaxSTS {
 		result, why := policy.ResultSTSFetchError, "publishes no MTA-STS policy"
 		if plan.STS != nil && plan.STS.Problem != nil {
 			result, why = plan.STS.Problem.Result, "has an MTA-STS record, but its policy could not be had: "+plan.STS.Problem.Err.Error()
@@ -187,11 +192,11 @@ func (p *Planner) host(ctx context.Context, plan *Plan, m dnsx.MX) Host {
 		f := hostFailure(m.Host, policy.MXSecurityFailure, policy.ResultValidationFailure,
 			fmt.Sprintf("mail exchanger %s is not among those of %s's MTA-STS policy (id %s, mode %s): %s", m.Host, plan.Domain, sts.ID, pol.Mode, strings.Join(pol.MX, ", ")),
 			"the domain's MX records and its MTA-STS policy disagree: its operator must add the host to the policy's mx lines (and change the id), or the MX record was forged", nil)
-		if pol.Mode == mtasts.Enforce {
+		if pol.Mode == mtasts.Enforce && !p.RelaxSTS {
 			h.Failure = f
 			return h
 		}
-		h.Problem = f // testing: recorded, and delivery proceeds under verify
+		h.Problem = f // testing (or TLS-Required: No): recorded, and delivery proceeds under verify
 	}
 	return h
 }

@@ -2,6 +2,7 @@ package mx
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"tlsrelay/policy"
@@ -49,5 +50,30 @@ func TestPlanOrderAndTLSABase(t *testing.T) {
 	// verify looks up no TLSA at all.
 	if h := p.Plan(ctx, "alias.signed.test", policy.Verify).Hosts[0]; h.Auth.DANE {
 		t.Errorf("verify used DANE: %+v", h)
+	}
+}
+
+func TestTLSRequiredNo(t *testing.T) {
+	for msg, want := range map[string]bool{
+		"From: a@b\r\nTLS-Required: No\r\n\r\nbody\r\n":                                   true,
+		"From: a@b\r\ntls-required:   no  \r\n\r\n":                                       true,
+		"From: a@b\r\nTLS-Required:\r\n No\r\n\r\n":                                       true,
+		"From: a@b\r\nTLS-Required: Yes\r\n\r\n":                                          false,
+		"From: a@b\r\n\r\nTLS-Required: No\r\n":                                           false, // in the body
+		"From: a@b\r\nX-TLS-Required: No\r\n\r\n":                                         false,
+		"Subject: x\r\n" + strings.Repeat("X: y\r\n", 20000) + "TLS-Required: No\r\n\r\n": false, // beyond the bound
+	} {
+		if got := TLSRequiredNo(strings.NewReader(msg)); got != want {
+			t.Errorf("%.60q: %v", msg, got)
+		}
+	}
+}
+
+func TestTLSRequiredNoShortInput(t *testing.T) {
+	for _, msg := range []string{"", "\r\n", " folded first", "TLS-Required: No"} {
+		TLSRequiredNo(strings.NewReader(msg)) // must not panic
+	}
+	if !TLSRequiredNo(strings.NewReader("TLS-Required: No")) {
+		t.Error("a header without an end")
 	}
 }
