@@ -9,7 +9,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"tlsrelay/policy"
 	"tlsrelay/policy/certgen"
+	"tlsrelay/relay/mx/mxtest"
 	"tlsrelay/relay/oauth/oauthtest"
 	"tlsrelay/relay/sink"
 )
@@ -204,6 +206,55 @@ func TestEveryLoginFailureIsNamed(t *testing.T) {
 	for _, secret := range append(ep.IssuedTokens(), "good-secret", "not-the-secret") {
 		if strings.Contains(logs, secret) {
 			t.Errorf("a token or secret is in the log: %s...", secret[:4])
+		}
+	}
+}
+
+// TestEveryMXClassIsNamed covers the classes of delivery to mail
+// exchangers (upstream = "mx") end to end, each in the reply, with its
+// fix, and in the log beside its TLS-RPT result type where it has one.
+// requiretls is covered by TestREQUIRETLS and TestMXREQUIRETLS; the TLS
+// classes that verify shares with other destinations by TestMXSTS.
+func TestEveryMXClassIsNamed(t *testing.T) {
+	w := newMXWorld(t)
+	w.DNS.Zone("signed.test", true)
+	other, _ := certgen.NewCA("Other")
+	wrong, _ := other.Issue(certgen.Options{DNSNames: []string{"x"}})
+	w.Host("mx.mismatch.signed.test", sink.Options{})
+	w.Host("mx.unusable.signed.test", sink.Options{})
+	w.Host("mx.servfail.signed.test", sink.Options{})
+	w.Host("mx.sts.test", sink.Options{})
+	w.DNS.MustAdd(
+		"mismatch.signed.test. MX 10 mx.mismatch.signed.test.", tlsa("mx.mismatch.signed.test", policy.TLSAFor(3, wrong.Cert)),
+		"unusable.signed.test. MX 10 mx.unusable.signed.test.", tlsa("mx.unusable.signed.test", policy.TLSAFor(0, wrong.Cert)),
+		"servfail.signed.test. MX 10 mx.servfail.signed.test.",
+		"sts.test. MX 10 mx.sts.test.",
+		"null.test. MX 0 .")
+	w.DNS.Fail("_25._tcp.mx.servfail.signed.test", 52, 2)
+	w.STS("sts.test", "1", mxtest.Policy("enforce", 86400, "elsewhere.sts.test"))
+	tr := w.relay(`on_failure = "reject"`)
+	for _, c := range []struct {
+		rcpt, class, rpt string
+		code             int
+	}{
+		{"a@mismatch.signed.test", "dane_mismatch", "validation-failure", 554},
+		{"a@unusable.signed.test", "dane_unusable", "tlsa-invalid", 554},
+		{"a@servfail.signed.test", "dns", "dnssec-invalid", 451},
+		{"a@sts.test", "mx_security", "validation-failure", 554},
+		{"a@null.test", "null_mx", "", 556},
+		{"a@nowhere.test", "no_such_domain", "", 550},
+	} {
+		err := replyOf(tr, c.rcpt)
+		se, ok := err.(*smtp.SMTPError)
+		if !ok || se.Code != c.code || !strings.Contains(se.Message, "="+c.class+":") || !strings.Contains(se.Message, "fix:") {
+			t.Errorf("%s: got %v, want %d naming %s with a fix", c.rcpt, err, c.code, c.class)
+		}
+		logs := tr.logs.String()
+		if !strings.Contains(logs, "failure="+c.class) {
+			t.Errorf("%s: no log line with failure=%s", c.rcpt, c.class)
+		}
+		if c.rpt != "" && !strings.Contains(logs, "tlsrpt_result="+c.rpt) {
+			t.Errorf("%s: no log line with tlsrpt_result=%s", c.rcpt, c.rpt)
 		}
 	}
 }
