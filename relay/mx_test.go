@@ -195,6 +195,11 @@ func TestMXSTS(t *testing.T) {
 		t.Error("the host the cached policy excludes got the message")
 	}
 
+	// Under dane-or-sts a policy that cannot be had is no policy (verify),
+	// with the failure recorded.
+	if !strings.Contains(tr.logs.String(), "tlsrpt_result=sts-policy-invalid") {
+		t.Error("the failed fetch is not logged")
+	}
 	// mx_security = "sts": a redirect is no policy.
 	tr2 := w.relay(`on_failure = "reject"`, `mx_security = "sts"`)
 	wantFailure(t, replyOf(tr2, "a@redirect.test"), 554, "mx_security", "redirect")

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/mtasts"
 	"tlsrelay/relay/mx"
 	"tlsrelay/relay/spool"
 	"tlsrelay/relay/tlsrpt"
@@ -83,6 +84,18 @@ func (r *Relay) deliverDomain(fl *flight, log *slog.Logger, env spool.Envelope, 
 		r.logMXFailure(log, "delivery attempt failed", f)
 		o.failure = f
 		return o
+	}
+	if sts := plan.STS; sts != nil && sts.Problem != nil {
+		// The policy could not be had (a cached one may still be in force):
+		// recorded, and the hosts are judged as the plan says.
+		f := &policy.Failure{Class: policy.MXSecurityFailure, Host: plan.Domain, Result: sts.Problem.Result,
+			Detail: "the MTA-STS policy could not be fetched: " + sts.Problem.Err.Error(),
+			Fix:    "the domain's policy server (" + mtasts.URL(plan.Domain) + ") must answer 200 with a valid policy over verified HTTPS"}
+		if sts.Policy != nil {
+			f.Detail += " (the cached policy, id " + sts.ID + ", stays in force)"
+		}
+		r.recordRPT(log, plan.Domain, tlsrpt.PolicyDesc{Type: tlsrpt.STS}, "", "", f)
+		log.Warn("MTA-STS policy not fetched", "tlsrpt_result", string(f.Result), "detail", f.Detail, "fix", f.Fix)
 	}
 	var last *policy.Failure
 	note := func(f *policy.Failure) {
