@@ -45,6 +45,7 @@ func (r *Relay) attemptMX(fl *flight, env spool.Envelope, dest *policy.Destinati
 		planner.RelaxSTS = true
 		log.Info("the message says TLS-Required: No: MTA-STS does not exclude mail exchangers for it (verify still applies, and DANE)")
 	}
+	settled := map[string]bool{} // recipients whose domain was tried
 	for _, dom := range domains {
 		if fl.ctx.Err() != nil {
 			break
@@ -60,6 +61,7 @@ func (r *Relay) attemptMX(fl *flight, env spool.Envelope, dest *policy.Destinati
 			o.hop = res.hop
 		}
 		for _, rc := range drcpts {
+			settled[rc] = true
 			if f := res.failureFor(rc); f != nil {
 				o.refused[rc] = f
 			}
@@ -69,7 +71,7 @@ func (r *Relay) attemptMX(fl *flight, env spool.Envelope, dest *policy.Destinati
 		}
 	}
 	for _, rc := range rcpts {
-		if !o.delivered && o.refused[rc] == nil {
+		if !settled[rc] {
 			o.refused[rc] = &policy.Failure{Class: policy.Connect, Host: domainOf(rc), Detail: "not tried: the delivery was stopped (shutdown or delivery_timeout)", Fix: "the relay will retry"}
 		}
 	}
@@ -170,8 +172,16 @@ func (r *Relay) deliverDomain(fl *flight, log *slog.Logger, env spool.Envelope, 
 // policy with what the host must prove (policy.Destination.ForMX). Hops
 // are kept, by everything that shapes their verification, so that the
 // pool of verified connections and the per-hop suspension find them
-// again at the next message.
+// again at the next message. They are not forgotten: one per mail
+// exchanger address (and TLSA set) this relay has delivered to under each
+// configuration it ran with.
 func (r *Relay) mxHop(dest *policy.Destination, h policy.MXHost, addr string) *policy.Destination {
+	if !h.DANE {
+		// Without DANE the recipient domain plays no part in verification:
+		// domains that share a mail exchanger share its connections and
+		// its suspension.
+		h.Domain = ""
+	}
 	var key strings.Builder
 	fmt.Fprintf(&key, "%p|%s|%s|%s|%s|%v|%s", dest, addr, h.Name, h.Base, h.Domain, h.DANE, h.TLSAName)
 	for _, t := range h.TLSA {
