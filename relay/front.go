@@ -113,10 +113,12 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	utf8 := opts != nil && opts.UTF8
 	requireTLS := opts != nil && opts.RequireTLS
-	if _, isTLS := s.conn.TLSConnectionState(); requireTLS && !isTLS {
-		s.relay.countReject("requiretls_without_tls")
-		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
-			Message: "REQUIRETLS needs this session to use TLS: say STARTTLS first (RFC 8689)"}
+	if requireTLS {
+		if _, isTLS := s.conn.TLSConnectionState(); !isTLS {
+			s.relay.countReject("requiretls_without_tls")
+			return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 10},
+				Message: "REQUIRETLS needs this session to use TLS: say STARTTLS first (RFC 8689)"}
+		}
 	}
 	var addr address.Address // the null sender <> when from is ""
 	if from != "" {
