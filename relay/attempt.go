@@ -252,7 +252,9 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 		log.Info("delivered", "tls_version", tls.VersionName(conn.TLS.Version),
 			"cipher", tls.CipherSuiteName(conn.TLS.CipherSuite), "reused_connection", reused, "refused", len(res.Refused), "reply", res.Reply)
 	}
-	if !reused {
+	if !reused && hop.MXHost() == nil {
+		// Not for mail exchangers: their certificates are the recipients'
+		// to renew, and one series per host would grow without bound.
 		r.warnExpiry(conn)
 		r.recordExpiry(conn)
 	}
