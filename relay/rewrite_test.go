@@ -2,9 +2,9 @@ package relay
 
 import (
 	"bytes"
-	"errors"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"fmt"
 	"net/mail"
 	"strings"
