@@ -168,3 +168,50 @@ func TestHeaderFromMixedTransaction(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestHeaderFromReloadBetweenRcptAndData: when a reload makes a
+// transaction's destination rewrite the From header after its RCPTs were
+// accepted, DATA gets 451 4.7.0 (send it again) instead of a message
+// spooled without the rewrite its destination now demands.
+func TestHeaderFromReloadBetweenRcptAndData(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	base := baseConfig(t.TempDir())
+	tr := startRelay(t, base+destination("example.test", up.Addr(), p.caFile, "mx.example.test"))
+	c, err := smtp.Dial(tr.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Hello("app.test")
+	if err := c.Mail("app@sender.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("rcpt@example.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	next, err := parseConfig(base + destination("example.test", up.Addr(), p.caFile, "mx.example.test",
+		`envelope_from = "mailbox@contoso.test"`, `header_from = "rewrite"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Reload(next)
+	w, err := c.Data()
+	if err == nil {
+		w.Write([]byte(testBody))
+		err = w.Close()
+	}
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 451 || !strings.Contains(se.Message, "send the message again") {
+		t.Fatalf("DATA after a reload that turned the rewrite on: %v, want 451 asking to send it again", err)
+	}
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatal(err)
+	}
+	if !up.Wait(1, 10*time.Second) {
+		t.Fatal("not delivered")
+	}
+	if m := up.Messages(); len(m) != 1 || !bytes.Contains(m[0].Data, []byte("From: <mailbox@contoso.test>")) {
+		t.Errorf("the message sent again was not rewritten: %d messages\n%s", len(m), m[0].Data)
+	}
+}
