@@ -1,6 +1,9 @@
 package policy
 
-import "strings"
+import (
+	"net/mail"
+	"strings"
+)
 
 // maxLimit bounds the numeric limits, so that a typo (an extra digit or
 // two) is caught rather than taken as "no limit".
@@ -45,10 +48,20 @@ func (d *Destination) compileRouting(s Spec) []error {
 	switch s.HeaderFrom {
 	case "", "keep":
 	case "rewrite":
-		// Not built yet: the rewrite must happen before the DKIM signature
-		// the relay adds is made (see README), and a key the relay would
-		// ignore must not load.
-		errs = append(errs, fieldErr("header_from", `"rewrite" is not available in this version; only envelope_from is applied (the From header is sent as the application wrote it); remove header_from or set it to "keep"`))
+		// The rewrite happens at acceptance, before the relay's DKIM
+		// signature is made (see relay/headerfrom and README).
+		switch {
+		case s.EnvelopeFrom == "":
+			errs = append(errs, fieldErr("header_from", `"rewrite" replaces the From address with envelope_from, which is not set; add envelope_from = "the mailbox the upstream lets you send as"`))
+		case d.Rewrite.EnvelopeFrom == "":
+			// envelope_from is reported already.
+		default:
+			if a, err := mail.ParseAddress("<" + d.Rewrite.EnvelopeFrom + ">"); err != nil || a.Address != d.Rewrite.EnvelopeFrom {
+				errs = append(errs, fieldErr("header_from", "envelope_from %q cannot be written in a From header; use a plain address such as \"app@contoso.com\"", d.Rewrite.EnvelopeFrom))
+			} else {
+				d.Rewrite.HeaderFrom = true
+			}
+		}
 	default:
 		errs = append(errs, fieldErr("header_from", "%q is not a choice; write \"rewrite\" (replace the From address with envelope_from) or \"keep\" (the default)", s.HeaderFrom))
 	}

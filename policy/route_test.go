@@ -163,7 +163,7 @@ func TestRoutingKeys(t *testing.T) {
 		"max_connections":            {MaxConnections: -1},
 		"max_messages_per_minute":    {MaxMessagesPerMinute: 1 << 30},
 		"envelope_from":              {EnvelopeFrom: "*@contoso.com"},
-		"header_from":                {HeaderFrom: "rewrite", EnvelopeFrom: "a@b.test"}, // not built yet: refused, never ignored
+		"header_from":                {HeaderFrom: "rewrite"}, // needs envelope_from
 		"max_recipients_per_message": {MaxRecipientsPerMessage: -5},
 	} {
 		s.Domains, s.Upstream = []string{"x.test"}, "mx:25"
@@ -175,5 +175,9 @@ func TestRoutingKeys(t *testing.T) {
 	}
 	if _, err := Compile(Spec{Domains: []string{"x.test"}, Upstream: "mx:25", HeaderFrom: "bogus", EnvelopeFrom: "a@b.test"}); err == nil {
 		t.Error("header_from = bogus accepted")
+	}
+	d = mustCompile(t, Spec{Domains: []string{"x.test"}, Upstream: "mx:25", HeaderFrom: "rewrite", EnvelopeFrom: "App@Contoso.COM"})
+	if d.Rewrite != (Rewrite{EnvelopeFrom: "App@contoso.com", HeaderFrom: true}) {
+		t.Errorf("header_from = rewrite compiled to %+v", d.Rewrite)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/dsn"
+	"tlsrelay/relay/headerfrom"
 	"tlsrelay/relay/spool"
 )
 
@@ -77,6 +78,17 @@ func (r *Relay) sendReport(msg *spool.Message, action dsn.Action, rcpts []spool.
 	p, err := r.store.Create(spool.Envelope{From: "", Recipients: []string{msg.From}, Received: time.Now().UTC(), Bounce: true})
 	if err != nil {
 		return err
+	}
+	if mb := headerFromOf(dest); mb != "" {
+		// The DSN goes through a destination that rewrites the From
+		// header: its From (MAILER-DAEMON) becomes that mailbox too, or
+		// the upstream would refuse it as it would the application's mail.
+		var out bytes.Buffer
+		w := headerfrom.NewWriter(&out, mb)
+		w.Write(body)
+		if _, err := w.Close(); err == nil {
+			body = out.Bytes()
+		}
 	}
 	if _, err := bytes.NewReader(body).WriteTo(p); err != nil {
 		p.Abort()

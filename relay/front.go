@@ -85,6 +85,13 @@ type session struct {
 	// envBytes tallies the encoded size of this transaction's envelope
 	// (see envelopeRoom).
 	envBytes int
+	// headerFrom is the mailbox this transaction's From header is
+	// rewritten to ("" for none), decided by its first recipient's
+	// destination, rewriteDest; dests are the destinations of its
+	// recipients (see rewrite.go).
+	headerFrom  string
+	rewriteDest *policy.Destination
+	dests       []*policy.Destination
 }
 
 func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -101,6 +108,7 @@ func (r *Relay) newSession(c *smtp.Conn) (smtp.Session, error) {
 
 func (s *session) Reset() {
 	s.from, s.sender, s.hasFrom, s.utf8, s.requireTLS, s.rcpts, s.reject = "", address.Address{}, false, false, false, nil, nil
+	s.headerFrom, s.rewriteDest, s.dests = "", nil, nil
 }
 
 func (s *session) Logout() error { return nil }
@@ -198,9 +206,13 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3},
 			Message: "Send recipients of " + addr.Domain + " in a separate transaction: delivery to mail exchangers in reject mode takes one recipient domain per transaction"}
 	}
+	if err := s.rewriteCheck(dest); err != nil {
+		return err
+	}
 	if err := s.envelopeRoom(to); err != nil {
 		return err
 	}
+	s.rewriteRecord(dest)
 	if dest.OnFailure == policy.Reject {
 		s.reject = dest
 	}
@@ -209,6 +221,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *session) Data(r io.Reader) error {
+	if err := s.rewriteStale(); err != nil {
+		return err
+	}
 	env := spool.Envelope{
 		From:       s.from,
 		Recipients: append([]string(nil), s.rcpts...),
@@ -226,9 +241,18 @@ func (s *session) Data(r io.Reader) error {
 	if s.reject != nil {
 		p.ForDirectDelivery()
 	}
+	w, rewritten := s.bodyWriter(p, p.ID())
 	buf := copyBuffers.Get().(*[]byte)
-	_, err = io.CopyBuffer(p, &linecheck.Reader{R: r}, *buf)
+	_, err = io.CopyBuffer(w, &linecheck.Reader{R: r}, *buf)
 	copyBuffers.Put(buf)
+	var refused *smtp.SMTPError
+	if err == nil {
+		refused, err = rewritten()
+	}
+	if refused != nil {
+		p.Abort()
+		return refused
+	}
 	if err != nil {
 		p.Abort()
 		if errors.Is(err, linecheck.ErrBareLineEnding) {

@@ -49,10 +49,16 @@ func (r *Relay) takeLimit(ctx context.Context, id string, dest *policy.Destinati
 		return func() { release(); gauges() }, nil
 	}
 	if wait {
-		return counted(g.Acquire(ctx, rejectLimitWait, time.Now))
+		return counted(g.Acquire(ctx, rejectLimitWait, time.Now, gauges))
 	}
+	g.Back(id, time.Now())
 	for {
-		release, over := g.TryAcquire(time.Now())
+		now := time.Now()
+		release, over := g.TryAcquire(now)
+		if over != nil && over.Limit == "max_messages_per_minute" {
+			// The queue looks at the message again after the rate's wait.
+			g.WaitsForRate(id, now, now.Add(over.Wait))
+		}
 		if over == nil || over.Limit != "max_connections" {
 			return counted(release, over)
 		}

@@ -132,3 +132,50 @@ func TestMaxRecipientsPerMessage(t *testing.T) {
 		t.Error("the refused recipient was not recorded on its own")
 	}
 }
+
+// gaugeOf reads the value of a metric with the given destination label
+// from the relay's registry, as a scrape would.
+func gaugeOf(t *testing.T, tr *testRelay, name, dest string) float64 {
+	t.Helper()
+	mfs, err := tr.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "destination" && l.GetValue() == dest {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// TestLimitWaitingCountsRateWaiters: messages held back by
+// max_messages_per_minute count in tlsrelay_destination_limit_waiting_messages,
+// as those waiting for a connection do.
+func TestLimitWaitingCountsRateWaiters(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	tr := startRelay(t, baseConfig(t.TempDir())+
+		destination("example.test", up.Addr(), p.caFile, "mx.example.test", "max_messages_per_minute = 2"))
+	for i := 0; i < 3; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !up.Wait(1, 10*time.Second) {
+		t.Fatal("the first message was not delivered")
+	}
+	eventually(t, 5*time.Second, "two messages counted as waiting for the rate", func() bool {
+		return gaugeOf(t, tr, "tlsrelay_destination_limit_waiting_messages", "example.test") == 2
+	})
+	if n := up.Count(); n != 1 {
+		t.Errorf("the upstream got %d messages within the first interval of the rate, want 1", n)
+	}
+}

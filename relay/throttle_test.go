@@ -65,3 +65,39 @@ func TestThrottleReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottleMidDialogue: a 421 in the middle of the dialogue — to a
+// RCPT, or to the end of the data — closes the session (RFC 5321 4.2.3):
+// it is the hop throttling, not an answer about one recipient. The hop is
+// backed off as a whole and the message goes by the next hop at once.
+func TestThrottleMidDialogue(t *testing.T) {
+	busy := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "too many concurrent sessions, try again later"}
+	for _, tc := range []struct {
+		stage string
+		opts  sink.Options
+	}{
+		{"RCPT TO", sink.Options{Refuse: func(string) *smtp.SMTPError { return busy }}},
+		{"end of data", sink.Options{RefuseData: func() *smtp.SMTPError { return busy }}},
+	} {
+		t.Run(tc.stage, func(t *testing.T) {
+			p := newPKI(t, "Test CA")
+			tc.opts.Cert = p.leaf(t, "mx.example.test").TLSCertificate()
+			primary := startSink(t, tc.opts)
+			secondary := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+			tr := startRelay(t, baseConfig(t.TempDir())+
+				strings.Replace(destination("example.test", primary.Addr(), p.caFile, "mx.example.test"),
+					`upstream = "`+primary.Addr()+`"`, `upstream = ["`+primary.Addr()+`", "`+secondary.Addr()+`"]`, 1))
+			if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+				t.Fatal(err)
+			}
+			if !secondary.Wait(1, 10*time.Second) {
+				t.Fatalf("the secondary got nothing: a 421 at %s did not move the attempt to the next hop", tc.stage)
+			}
+			logs := tr.logs.String()
+			if !strings.Contains(logs, "upstream throttles; backing off") || !strings.Contains(logs, "with 421") {
+				t.Errorf("a 421 at %s was not taken as throttling of the hop:\n%s", tc.stage, logs)
+			}
+			eventually(t, 5*time.Second, "queue empty", func() bool { return tr.QueueSize() == 0 })
+		})
+	}
+}

@@ -225,7 +225,8 @@ func (r *routeReport) writeText(w io.Writer, from string) {
 	if r.EnvelopeFrom != "" {
 		rewrite = "envelope_from=" + r.EnvelopeFrom
 		if r.HeaderFrom != "" {
-			rewrite += " header_from=" + r.HeaderFrom
+			rewrite += " header_from=" + r.HeaderFrom + " (at acceptance, before DKIM signing: the From address becomes " +
+				r.EnvelopeFrom + ", the display name kept; Reply-To: the original address unless the message has one)"
 		}
 	}
 	line("rewrite", "%s", rewrite)

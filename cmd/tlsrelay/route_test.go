@@ -26,6 +26,7 @@ senders = ["billing@example.com"]
 upstream = "smtp.office365.com:587"
 max_connections = 3
 envelope_from = "billing@contoso.com"
+header_from = "rewrite"
 
 [[destination]]
 domains = ["*"]
@@ -72,7 +73,7 @@ func TestRouteExplainsPrecedence(t *testing.T) {
 			`#3 * from *@alerts.example.com by "*": not a candidate: none of its senders matches`,
 			`1. smtp.office365.com:587 (require_hostname=smtp.office365.com server_name=smtp.office365.com)`,
 			`limits:      max_connections=3 max_messages_per_minute=none`,
-			`rewrite:     envelope_from=billing@contoso.com`,
+			`rewrite:     envelope_from=billing@contoso.com header_from=rewrite (at acceptance, before DKIM signing: the From address becomes billing@contoso.com`,
 			`tls:         tls=starttls min_tls=1.2 trust=system roots pins=none`}},
 		{"<>", "someone@example.net", []string{
 			`someone@example.net from <>: destination #1 *`,
@@ -112,6 +113,7 @@ func TestRouteExplainsPrecedence(t *testing.T) {
 			Hops                   []struct{ Upstream string }
 			Limits                 struct{ MaxConnections int }
 			EnvelopeFrom           string `json:"envelope_from"`
+			HeaderFrom             string `json:"header_from"`
 			Considered             []struct{ Verdict string }
 			TLS                    struct{ Mode, MinTLS string }
 		}
@@ -124,7 +126,7 @@ func TestRouteExplainsPrecedence(t *testing.T) {
 	}
 	r := rep.Recipients[0]
 	if !r.Routed || r.Index != 2 || r.SenderPattern != "billing@example.com" || len(r.Hops) != 1 || r.Limits.MaxConnections != 3 ||
-		r.EnvelopeFrom != "billing@contoso.com" || r.TLS.Mode != "starttls" || len(r.Considered) != 3 {
+		r.EnvelopeFrom != "billing@contoso.com" || r.HeaderFrom != "rewrite" || r.TLS.Mode != "starttls" || len(r.Considered) != 3 {
 		t.Errorf("json recipient: %+v", r)
 	}
 	if rep.Recipients[1].Index != 4 {

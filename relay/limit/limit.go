@@ -23,7 +23,18 @@ type Gate struct {
 	// is given back.
 	waiters []func()
 	freed   chan struct{} // closed and replaced at each release
+	// rated are the queued messages told to wait for the rate, by id,
+	// with when they were told to come back; blocked counts the clients
+	// waiting in Acquire (reject mode).
+	rated   map[string]time.Time
+	blocked int
 }
+
+// rateGrace is how long after the time it was told to come back a
+// message still counts as waiting for the rate: one that never comes
+// back (deleted from the queue, routed elsewhere after a reload) leaves
+// the count then.
+const rateGrace = time.Minute
 
 // New returns a gate allowing maxConns connections at once (0: any) and
 // perMinute transactions a minute (0: any).
@@ -103,14 +114,46 @@ func (g *Gate) Notify(wake func()) bool {
 	return true
 }
 
-// Waiting returns how many messages wait for a connection.
+// WaitsForRate records that queued message id was told at now to wait
+// for the rate until back, so that Waiting counts it until it comes back
+// (Back) or, at the latest, rateGrace after back.
+func (g *Gate) WaitsForRate(id string, now, back time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rated == nil {
+		g.rated = map[string]time.Time{}
+	}
+	g.rated[id] = back
+	g.prune(now)
+}
+
+// Back records that message id is being tried again: it no longer waits
+// for the rate.
+func (g *Gate) Back(id string, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.rated, id)
+	g.prune(now)
+}
+
+// prune forgets messages that did not come back for the rate in time.
+func (g *Gate) prune(now time.Time) {
+	for id, back := range g.rated {
+		if now.Sub(back) > rateGrace+g.interval {
+			delete(g.rated, id)
+		}
+	}
+}
+
+// Waiting returns how many messages wait for a limit: for a connection
+// (queued, or a reject-mode client in Acquire), or for the rate.
 func (g *Gate) Waiting() int {
 	if g == nil {
 		return 0
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.waiters)
+	return len(g.waiters) + len(g.rated) + g.blocked
 }
 
 // InUse returns how many connections are taken.
@@ -124,17 +167,35 @@ func (g *Gate) InUse() int {
 }
 
 // Acquire waits until TryAcquire succeeds, for at most bound (or until
-// ctx ends), and returns the last limit in the way otherwise.
-func (g *Gate) Acquire(ctx context.Context, bound time.Duration, now func() time.Time) (func(), *OverError) {
+// ctx ends), and returns the last limit in the way otherwise. While it
+// waits it counts in Waiting, and calls changed (if not nil) when it
+// starts and stops waiting.
+func (g *Gate) Acquire(ctx context.Context, bound time.Duration, now func() time.Time, changed func()) (func(), *OverError) {
 	deadline := time.NewTimer(bound)
 	defer deadline.Stop()
-	for {
+	for first := true; ; first = false {
 		g.mu.Lock()
 		freed := g.freed
 		g.mu.Unlock()
 		release, over := g.TryAcquire(now())
 		if over == nil {
 			return release, nil
+		}
+		if first {
+			g.mu.Lock()
+			g.blocked++
+			g.mu.Unlock()
+			defer func() {
+				g.mu.Lock()
+				g.blocked--
+				g.mu.Unlock()
+				if changed != nil {
+					changed()
+				}
+			}()
+			if changed != nil {
+				changed()
+			}
 		}
 		var tick <-chan time.Time
 		if over.Wait > 0 {

@@ -54,6 +54,9 @@ type Options struct {
 	// RefuseMail, if set, decides per sender: a non-nil error refuses the
 	// whole transaction at MAIL.
 	RefuseMail func(from string) *smtp.SMTPError
+	// RefuseData, if set, decides the reply to the end of the data: a
+	// non-nil error refuses the message (it is not kept).
+	RefuseData func() *smtp.SMTPError
 	// Discard counts messages without keeping them (for load tests).
 	Discard bool
 	// OnMessage, if set, is called for every message received.
@@ -386,6 +389,11 @@ func (s *session) Data(r io.Reader) error {
 		io.Copy(io.Discard, r)
 	} else if _, err := io.Copy(&buf, r); err != nil {
 		return err
+	}
+	if f := s.sink.opts.RefuseData; f != nil {
+		if err := f(); err != nil {
+			return err
+		}
 	}
 	state, _ := s.conn.TLSConnectionState()
 	s.sink.add(Message{From: s.from, To: s.to, Data: buf.Bytes(), TLS: state, User: s.user, UTF8: s.utf8, RequireTLS: s.requireTLS})

@@ -122,6 +122,17 @@ func (x *exchange) fail(err error) {
 	}
 }
 
+// closing returns the index of the first reply that is a 421 (the
+// server closes the session), -1 when there is none.
+func (x *exchange) closing() int {
+	for i, r := range x.replies {
+		if r.code == 421 {
+			return i
+		}
+	}
+	return -1
+}
+
 // failedStage names the stage whose reply the I/O error cost.
 func (x *exchange) failedStage() string { return x.failedAt }
 

@@ -109,6 +109,14 @@ func (c *Conn) Send(ctx context.Context, from string, rcpts []string, body Body,
 	// nothing, or 421 to the first command: nothing of this message was
 	// taken, so it goes again at once over a fresh connection.
 	stale := reused && (x.lostBefore("MAIL FROM") || x.replies[0].code == 421)
+	if i := x.closing(); i > 0 && !stale {
+		// 421 to a command after the first (a RCPT, the body): the server
+		// is closing the session (RFC 5321 4.2.3), which is the whole
+		// transaction's failure — typically throttling — and not an
+		// answer about one recipient.
+		c.broken = true
+		return res, smtpFailure(c.Dest, x.stages[i], x.replies[i].err())
+	}
 	if err != nil {
 		if stale {
 			err = fmt.Errorf("%w: %w", ErrConnStale, err)
