@@ -205,9 +205,11 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 		return o
 	}
 	// envelope_from replaces MAIL FROM on the wire only: the spool keeps
-	// the original sender, so the relay's DSNs still go to it.
+	// the original sender, so the relay's DSNs still go to it. A message
+	// from the null sender (a DSN) keeps <>: a bounce must never be
+	// bounced (RFC 5321 4.5.5), whatever the upstream demands.
 	from := env.From
-	if dest.Rewrite.EnvelopeFrom != "" {
+	if dest.Rewrite.EnvelopeFrom != "" && env.From != "" {
 		from = dest.Rewrite.EnvelopeFrom
 	}
 	res, err := conn.Send(ctx, from, rcpts, body, allOrNothing)

@@ -112,6 +112,9 @@ func TestHeaderFromRewrite(t *testing.T) {
 	if from, _ := hdr.Header.AddressList("From"); len(d.To) != 1 || d.To[0] != "app@m365.test" || len(from) != 1 || from[0].Address != "relay@m365.test" {
 		t.Errorf("DSN through a rewriting destination: to %v, From %v", d.To, from)
 	}
+	if d.From != "" {
+		t.Errorf("DSN through a rewriting destination went with MAIL FROM <%s>; a bounce keeps the null sender <> so it is never bounced", d.From)
+	}
 
 	_, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, "From: a@sender.test, b@sender.test\r\nSubject: two\r\n\r\nx\r\n")
 	if smtpCode(err) != 554 || !strings.Contains(err.Error(), "names 2 mailboxes") {
