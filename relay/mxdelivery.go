@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"tlsrelay/policy"
 	"tlsrelay/relay/mtasts"
@@ -171,10 +172,10 @@ func (r *Relay) deliverDomain(fl *flight, log *slog.Logger, env spool.Envelope, 
 // mxHop returns the hop for one address of a mail exchanger: dest's
 // policy with what the host must prove (policy.Destination.ForMX). Hops
 // are kept, by everything that shapes their verification, so that the
-// pool of verified connections and the per-hop suspension find them
-// again at the next message. They are not forgotten: one per mail
-// exchanger address (and TLSA set) this relay has delivered to under each
-// configuration it ran with.
+// pool of verified connections finds them again at the next message (the
+// per-hop suspension is keyed by name, not by the value). The cache is
+// bounded (see hopCache), and a reload forgets the hops of destinations
+// it replaced.
 func (r *Relay) mxHop(dest *policy.Destination, h policy.MXHost, addr string) *policy.Destination {
 	if !h.DANE {
 		// Without DANE the recipient domain plays no part in verification:
@@ -187,11 +188,51 @@ func (r *Relay) mxHop(dest *policy.Destination, h policy.MXHost, addr string) *p
 	for _, t := range h.TLSA {
 		key.WriteString("|" + t.String())
 	}
-	if hop, ok := r.mxHops.Load(key.String()); ok {
-		return hop.(*policy.Destination)
+	return r.mxHops.get(key.String(), func() *policy.Destination { return dest.ForMX(h, addr) })
+}
+
+// maxMXHops bounds the hops kept for mail exchangers: a relay delivering
+// to many domains must not grow without end. Past it the cache starts
+// afresh; a connection pooled under a forgotten hop just idles out.
+const maxMXHops = 4096
+
+// hopCache keeps the hops of delivery to mail exchangers, by key.
+type hopCache struct {
+	mu   sync.Mutex
+	hops map[string]*policy.Destination
+}
+
+// get returns the hop kept under key, making it with make if there is none.
+func (c *hopCache) get(key string, make func() *policy.Destination) *policy.Destination {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if hop := c.hops[key]; hop != nil {
+		return hop
 	}
-	hop, _ := r.mxHops.LoadOrStore(key.String(), dest.ForMX(h, addr))
-	return hop.(*policy.Destination)
+	if c.hops == nil || len(c.hops) >= maxMXHops {
+		c.hops = map[string]*policy.Destination{}
+	}
+	hop := make()
+	c.hops[key] = hop
+	return hop
+}
+
+// prune forgets the hops whose destination keep refuses.
+func (c *hopCache) prune(keep func(*policy.Destination) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, hop := range c.hops {
+		if !keep(hop.Parent()) {
+			delete(c.hops, k)
+		}
+	}
+}
+
+// size is how many hops are kept.
+func (c *hopCache) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.hops)
 }
 
 // security names how a host was authenticated, for the log.

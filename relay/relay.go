@@ -82,7 +82,7 @@ type Relay struct {
 	mxDial  func(ctx context.Context, network, addr string) (net.Conn, error)
 	reports *tlsrpt.Store
 	// mxHops keeps the hops of delivery to mail exchangers (see mxHop).
-	mxHops sync.Map
+	mxHops hopCache
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP

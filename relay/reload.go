@@ -83,6 +83,7 @@ func (r *Relay) Reload(next *config.Config) {
 	waited := retire(old, gs, retireGrace)
 	closed := r.pool.Prune(func(hop *policy.Destination) bool { return gs[hop.Parent()] != nil })
 	r.forgetLimits(func(d *policy.Destination) bool { return gs[d] != nil })
+	r.mxHops.prune(func(d *policy.Destination) bool { return gs[d] != nil })
 	r.queue.resume()
 	if r.level != nil {
 		var lv slog.Level
