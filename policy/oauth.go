@@ -80,8 +80,11 @@ type OAuth struct {
 	// RefreshTokenFile holds the current refresh token (refresh_token).
 	RefreshTokenFile string
 	// CAFile and Roots verify the token endpoint; nil Roots: the system's.
-	CAFile string
-	Roots  *x509.CertPool
+	// CACerts are the certificates of CAFile as loaded, so that a file
+	// whose contents changed under the same name counts as a change.
+	CAFile  string
+	Roots   *x509.CertPool
+	CACerts []*x509.Certificate
 }
 
 // ServiceAccount is a Google service account key file.
@@ -202,7 +205,7 @@ func (d *Destination) compileOAuth(s Spec, prov *Provider) error {
 		if err != nil {
 			return fieldErr("oauth.ca_file", "%v", err)
 		}
-		c.CAFile, c.Roots = o.CAFile, x509.NewCertPool()
+		c.CAFile, c.Roots, c.CACerts = o.CAFile, x509.NewCertPool(), certs
 		for _, cert := range certs {
 			c.Roots.AddCert(cert)
 		}

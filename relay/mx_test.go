@@ -296,4 +296,13 @@ func TestMXTLSRequiredNo(t *testing.T) {
 	if daneHost.Count() != 0 {
 		t.Error("TLS-Required: No relaxed DANE")
 	}
+
+	// An explicit mx_security = "sts" is the operator's requirement: the
+	// header does not lower it.
+	strict := w.relay(`on_failure = "reject"`, `mx_security = "sts"`)
+	_, err = submit(strict.Addr().String(), "app@sender.test", []string{"a@sts.test"}, optional)
+	wantFailure(t, err, 554, "mx_security")
+	if notListed.Count() != 1 {
+		t.Error("TLS-Required: No relaxed an explicit mx_security = \"sts\"")
+	}
 }

@@ -41,8 +41,10 @@ func (r *Relay) attemptMX(fl *flight, env spool.Envelope, dest *policy.Destinati
 	planner := r.mxPlanner(dest)
 	log := r.log.With("id", env.ID, "destination", dest.Name())
 	// "TLS-Required: No" relaxes MTA-STS to verify, never DANE nor verify
-	// itself; REQUIRETLS overrides it (RFC 8689 §5).
-	if !body.RequireTLS && dest.MXSecurity != policy.Verify && dest.MXSecurity != policy.DANEOnly && mx.TLSRequiredNo(body.Open()) {
+	// itself; REQUIRETLS overrides it (RFC 8689 §5). Only under the
+	// default level: an operator's explicit mx_security = "sts" is not
+	// for a message's header to lower.
+	if !body.RequireTLS && dest.MXSecurity == policy.DANEOrSTS && mx.TLSRequiredNo(body.Open()) {
 		planner.RelaxSTS = true
 		log.Info("the message says TLS-Required: No: MTA-STS does not exclude mail exchangers for it (verify still applies, and DANE)")
 	}

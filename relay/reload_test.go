@@ -13,6 +13,7 @@ import (
 	"tlsrelay/policy"
 	"tlsrelay/policy/certgen"
 	"tlsrelay/relay/config"
+	"tlsrelay/relay/oauth"
 	"tlsrelay/relay/sink"
 )
 
@@ -347,5 +348,39 @@ func TestReloadSeesAChangedClientSecret(t *testing.T) {
 	}
 	if samePolicy(old, rotated) {
 		t.Error("a destination whose client secret changed counts as unchanged: the reload would keep the old secret")
+	}
+}
+
+// TestReloadSeesAChangedOAuthCA: the CA file that verifies a token
+// endpoint, rewritten under the same name, makes the destination a
+// changed one with a new token source: a CA the operator removed is not
+// trusted with the client secret after the reload.
+func TestReloadSeesAChangedOAuthCA(t *testing.T) {
+	caFile := filepath.Join(t.TempDir(), "idp-ca.pem")
+	t.Setenv("RELOAD_TEST_SECRET", "s")
+	compile := func(p *pki) *policy.Destination {
+		t.Helper()
+		if err := certgen.WriteCertFile(caFile, p.ca.Cert); err != nil {
+			t.Fatal(err)
+		}
+		d, err := policy.Compile(policy.Spec{Domains: []string{"example.com"}, Upstream: "smtp.example.com:587",
+			OAuth: &policy.OAuthSpec{Flow: "client_credentials", Mailbox: "a@example.com", ClientID: "c",
+				ClientSecretEnv: "RELOAD_TEST_SECRET", TokenURL: "https://idp.example.test/token", Scopes: []string{"s"}, CAFile: caFile}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	one, two := newPKI(t, "IdP CA one"), newPKI(t, "IdP CA two")
+	old, same, replaced := compile(one), compile(one), compile(two)
+	if !samePolicy(old, same) {
+		t.Error("an unchanged OAuth CA counts as a change")
+	}
+	if samePolicy(old, replaced) {
+		t.Error("a token endpoint CA rewritten under the same name counts as unchanged: the old CA stays trusted after the reload")
+	}
+	reg := oauth.NewRegistry("")
+	if reg.Source(old) == reg.Source(replaced) {
+		t.Error("the token source verified under the old CA is reused for the new one")
 	}
 }

@@ -9,6 +9,8 @@
 package durable
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -40,8 +42,45 @@ func WriteFile(path string, data []byte, perm os.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	return SyncDir(dir)
+	return syncDir(dir)
 }
+
+// MkdirAll creates dir with mode perm, and whatever parents of it are
+// missing, and fsyncs the parent of each directory it created once that
+// directory exists: a directory made on first start is an entry in its
+// parent, lost in a power cut unless the parent is synced. An existing
+// dir costs a stat and nothing else.
+func MkdirAll(dir string, perm os.FileMode) error {
+	var created []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		_, err := os.Stat(d)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if len(created) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	for _, d := range created { // innermost first: each parent once its child exists
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDir is SyncDir; tests replace it to see which directories are synced.
+var syncDir = SyncDir
 
 // SyncDir fsyncs a directory, making the names created in or removed from
 // it durable.

@@ -3,6 +3,8 @@ package durable
 import (
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -51,5 +53,53 @@ func TestWriteFileFailureLeavesTheOldContent(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 2 {
 		t.Fatalf("the directory holds %d entries, want 2 (a temporary was left behind)", len(entries))
+	}
+}
+
+// TestMkdirAllSyncsEveryNewDirectory: a directory created on first start is
+// an entry in its parent, lost in a power cut unless the parent is synced
+// after it was made. Every directory MkdirAll creates — missing parents
+// too — is synced into its parent; an existing one costs no sync.
+func TestMkdirAllSyncsEveryNewDirectory(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "var", "spool")
+	var seen []string // "parent: entries at the time of its sync"
+	saved := syncDir
+	syncDir = func(d string) error {
+		entries, _ := os.ReadDir(d)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		seen = append(seen, d+": "+strings.Join(names, " "))
+		return saved(d)
+	}
+	defer func() { syncDir = saved }()
+	if err := MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	synced := func(parent, child string) bool {
+		for _, line := range seen {
+			p, names, _ := strings.Cut(line, ": ")
+			if p == parent && slices.Contains(strings.Fields(names), child) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, c := range []struct{ parent, child string }{
+		{base, "var"}, {filepath.Join(base, "var"), "spool"},
+	} {
+		if !synced(c.parent, c.child) {
+			t.Errorf("%s was created but %s was not synced after it (syncs: %q)", c.child, c.parent, seen)
+		}
+	}
+	// A second start creates nothing, and syncs nothing for it.
+	seen = nil
+	if err := MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 0 {
+		t.Errorf("creating an existing directory synced %q", seen)
 	}
 }

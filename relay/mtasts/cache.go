@@ -76,7 +76,7 @@ func (c *Cache) Store(e *Cached) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+	if err := durable.MkdirAll(c.Dir, 0o700); err != nil {
 		return err
 	}
 	raw, err := json.MarshalIndent(cacheFile{Domain: e.Domain, ID: e.ID, Policy: e.Policy.String(), Fetched: e.Fetched.UTC(), Expires: e.Expires.UTC()}, "", "  ")

@@ -141,6 +141,9 @@ func Fingerprint(c *policy.OAuth) string {
 	if c.ClientCert != nil {
 		parts = append(parts, string(c.ClientCert.Cert.Raw), c.ClientCert.Key().D.String())
 	}
+	for _, cert := range c.CACerts {
+		parts = append(parts, string(cert.Raw))
+	}
 	if c.ServiceAccount != nil {
 		parts = append(parts, c.ServiceAccount.File, c.ServiceAccount.PrivateKey.Reveal())
 	}

@@ -1,10 +1,6 @@
 package spool
 
 import (
-	"errors"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sync"
 
 	"tlsrelay/relay/durable"
@@ -66,36 +62,3 @@ func (d *dirSyncer) Sync() error {
 // syncDir fsyncs a directory, making the names created in or removed
 // from it durable; tests replace it to see which directories are synced.
 var syncDir = durable.SyncDir
-
-// mkdirDurable creates dir (0700) and whatever parents of it are missing,
-// and fsyncs the parent of each directory it created: a new directory's
-// name is an entry in its parent, lost in a power cut until the parent is
-// synced, and with it everything committed below it.
-func mkdirDurable(dir string) error {
-	var created []string
-	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
-		_, err := os.Stat(d)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		created = append(created, d)
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if len(created) == 0 {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, d := range created { // innermost first: each parent once its child exists
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			return err
-		}
-	}
-	return nil
-}

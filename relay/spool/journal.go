@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"tlsrelay/relay/durable"
 
 	"golang.org/x/sys/unix"
 )
@@ -119,7 +120,7 @@ type journal struct {
 }
 
 func openJournal(dir string, skip func(string) bool) (*journal, error) {
-	if err := mkdirDurable(dir); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip, arrived: make(chan struct{}, 1)}
@@ -272,6 +273,14 @@ func verifyRecord(r io.ReaderAt, size, off int64, scratch []byte) bool {
 
 // resync returns the offset of the first verifying record at or after
 // from, or size when there is none.
+//
+// A candidate is accepted on its checksum, so a whole record written
+// inside a message's body would be found too. Client data can never hold
+// one: a record's length field is below 1<<24 (maxRecordPayload), so its
+// first byte is NUL, and the front door refuses NUL in message data and
+// envelopes (TestRecordLengthAlwaysHoldsANul pins this). Accepting binary
+// bodies (BINARYMIME) would break that assumption: resync would then need
+// a stronger anchor.
 func resync(r io.ReaderAt, size, from int64, scratch []byte) int64 {
 	buf := make([]byte, 64<<10)
 	for pos := from; size-pos >= recordHeaderSize; {

@@ -368,3 +368,17 @@ func TestFullDiskKeepsTheSegment(t *testing.T) {
 		t.Error("the refused message is in the journal after a restart")
 	}
 }
+
+// TestRecordLengthAlwaysHoldsANul pins what resync relies on: every
+// record's length field starts with a NUL byte, which no client data can
+// contain (the front door refuses NUL), so no record can be forged inside
+// a message body.
+func TestRecordLengthAlwaysHoldsANul(t *testing.T) {
+	if maxRecordPayload >= 1<<24 {
+		t.Fatalf("maxRecordPayload = %d: a record's length field could be NUL-free, and a message body could then carry a record that resync accepts", maxRecordPayload)
+	}
+	rec := encodeRecord(recMessage, make([]byte, maxRecordPayload))
+	if rec[5] != 0 {
+		t.Fatalf("the length field of the largest record starts with %#x, not NUL", rec[5])
+	}
+}

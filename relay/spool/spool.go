@@ -46,6 +46,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"tlsrelay/relay/durable"
 )
 
 // Envelope is what the client said outside the message itself.
@@ -150,7 +152,7 @@ func Open(dir string) (*Store, error) {
 		stateDir: filepath.Join(dir, "state"),
 		log:      slog.Default(),
 	}
-	if err := mkdirDurable(dir); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	fi, err := os.Stat(dir)
@@ -161,7 +163,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("spool: %s is writable by group or others (mode %v); run chmod 700 %s", dir, fi.Mode().Perm(), dir)
 	}
 	for _, sub := range []string{s.tmpDir, s.msgDir, s.stateDir, filepath.Join(dir, "corrupt")} {
-		if err := mkdirDurable(sub); err != nil {
+		if err := durable.MkdirAll(sub, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
 	}

@@ -149,7 +149,7 @@ func (s *Store) Record(ss Session) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
 	return durable.WriteFile(p, append(raw, '\n'), 0o600)
