@@ -479,6 +479,7 @@ func TestSendmailAsAnotherUser(t *testing.T) {
 	os.Chmod(f.cfg, 0o644)
 	// A relay run made the drop directory; stop it so sendmail must drop.
 	p := f.start(t)
+	waitLog(t, p, "importing from the drop directory") // made after the listener
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.cmd.Wait()
 	cmd := exec.Command(binary, "sendmail", "-C", f.cfg, "-i", "php@e2e.test")
