@@ -275,7 +275,7 @@ func (r *Relay) recordRPT(log *slog.Logger, domain string, desc tlsrpt.PolicyDes
 	}
 	r.metrics.TLSRPT.WithLabelValues(string(desc.Type), result, class).Inc()
 	if err := r.reports.Record(s); err != nil {
-		log.Warn("cannot write the TLS-RPT report", "error", err)
+		log.Warn("cannot count the session in the TLS-RPT report", "error", err)
 	}
 }
 

@@ -107,6 +107,7 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	}
 	gs := newGates(cfg.Table, nil)
 	r.gates.Store(&gs)
+	r.reports.OnError = func(err error) { r.log.Warn("cannot write the TLS-RPT reports; keeping the counts to try again", "error", err) }
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
 	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
@@ -221,6 +222,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 			r.server.Close()
 		}
 		r.queue.stop(ctx)
+		if err := r.reports.Close(); err != nil {
+			r.log.Warn("cannot write the TLS-RPT reports", "error", err)
+		}
 		r.pool.Close()
 		if r.control != nil {
 			r.control.Close()
