@@ -83,6 +83,8 @@ type Relay struct {
 	reports *tlsrpt.Store
 	// mxHops keeps the hops of delivery to mail exchangers (see mxHop).
 	mxHops hopCache
+	// drops remembers the imported messages handled (see DropTaken).
+	drops dropsSeen
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
