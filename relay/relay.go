@@ -109,7 +109,9 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	}
 	gs := newGates(cfg.Table, nil)
 	r.gates.Store(&gs)
-	r.reports.OnError = func(err error) { r.log.Warn("cannot write the TLS-RPT reports; keeping the counts to try again", "error", err) }
+	r.reports.OnError = func(err error) {
+		r.log.Warn("cannot write the TLS-RPT reports; keeping the counts to try again", "error", err)
+	}
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
 	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
