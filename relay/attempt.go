@@ -85,6 +85,14 @@ type hopTry struct {
 // dest before the transaction begins (or cancels it), the outcome is
 // superseded and nothing else.
 func (r *Relay) attempt(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
+	o := r.attemptDest(ctx, env, dest, rcpts, body, allOrNothing)
+	r.drops.note(env, rcpts, o, allOrNothing)
+	return o
+}
+
+// attemptDest is attempt, without noting what the relay took from the
+// drop directory.
+func (r *Relay) attemptDest(ctx context.Context, env spool.Envelope, dest *policy.Destination, rcpts []string, body upstream.Body, allOrNothing bool) *outcome {
 	o := &outcome{dest: dest, rcpts: rcpts}
 	fl := r.admit(ctx, dest)
 	if fl == nil {

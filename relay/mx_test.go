@@ -30,9 +30,16 @@ type mxWorld struct {
 func newMXWorld(t *testing.T) *mxWorld { return &mxWorld{World: mxtest.New(t), t: t} }
 
 // relay starts a relay whose one destination delivers to mail exchangers.
+// The World's hosts are on loopback: internal addresses are allowed.
 func (w *mxWorld) relay(extra ...string) *testRelay {
 	w.t.Helper()
-	cfg := baseConfig(w.t.TempDir()) + fmt.Sprintf("\n[dns]\nresolver = %q\n", w.DNS.Addr()) +
+	return w.relayWith("allow_internal_addresses = true", extra...)
+}
+
+// relayWith is relay with dnsExtra in the [dns] table.
+func (w *mxWorld) relayWith(dnsExtra string, extra ...string) *testRelay {
+	w.t.Helper()
+	cfg := baseConfig(w.t.TempDir()) + fmt.Sprintf("\n[dns]\nresolver = %q\n%s\n", w.DNS.Addr(), dnsExtra) +
 		fmt.Sprintf("\n[[destination]]\ndomains = [\"*\"]\nupstream = \"mx\"\nca_file = %q\n", w.CAFile) + strings.Join(extra, "\n") + "\n"
 	return startRelayWith(w.t, cfg, Options{MXDial: w.Dial})
 }
@@ -206,7 +213,9 @@ func TestMXSTS(t *testing.T) {
 	wantFailure(t, replyOf(tr2, "a@nopolicy.test"), 554, "mx_security", "publishes no MTA-STS policy")
 
 	// The day's report for testing.test holds the recorded failure and the
-	// one for nopolicy.test a success.
+	// one for nopolicy.test a success, once the relay has stopped (the
+	// counts are written on a timer and at shutdown).
+	tr.stop()
 	raw, err := os.ReadFile(filepath.Join(tr.Config().Queue.Dir, "tlsrpt", time.Now().UTC().Format(time.DateOnly), "testing.test.json"))
 	if err != nil || !strings.Contains(string(raw), `"result-type": "validation-failure"`) || !strings.Contains(string(raw), `"policy-type": "sts"`) {
 		t.Errorf("testing.test report: %v\n%s", err, raw)
@@ -214,6 +223,32 @@ func TestMXSTS(t *testing.T) {
 	raw, err = os.ReadFile(filepath.Join(tr.Config().Queue.Dir, "tlsrpt", time.Now().UTC().Format(time.DateOnly), "nopolicy.test.json"))
 	if err != nil || !strings.Contains(string(raw), `"total-successful-session-count": 1`) || !strings.Contains(string(raw), `"no-policy-found"`) {
 		t.Errorf("nopolicy.test report: %v\n%s", err, raw)
+	}
+}
+
+// TestMXInternalAddressesRefused: without [dns] allow_internal_addresses,
+// a mail exchanger that resolves to loopback is not tried, nor is an
+// MTA-STS policy server there, and the reply says why and what allows it.
+func TestMXInternalAddressesRefused(t *testing.T) {
+	w := newMXWorld(t)
+	lo := w.Host("mx.lo.test", sink.Options{})
+	w.DNS.MustAdd("lo.test. MX 10 mx.lo.test.")
+	w.STS("sts.test", "1", mxtest.Policy("enforce", 86400, "mx.sts.test"))
+	sts := w.Host("mx.sts.test", sink.Options{})
+	w.DNS.MustAdd("sts.test. MX 10 mx.sts.test.")
+	tr := w.relayWith("", `on_failure = "reject"`, `mx_security = "sts"`)
+	wantFailure(t, replyOf(tr, "a@sts.test"), 554, "mx_security",
+		"the MTA-STS policy server mta-sts.sts.test resolves to 127.0.0.", "an internal address; refused (set [dns] allow_internal_addresses to allow)")
+	tr2 := w.relayWith("", `on_failure = "reject"`, `mx_security = "verify"`)
+	wantFailure(t, replyOf(tr2, "a@lo.test"), 451, "dns",
+		"the mail exchanger mx.lo.test resolves to 127.0.0.", "an internal address; refused (set [dns] allow_internal_addresses to allow)")
+	if lo.Count() != 0 || sts.Count() != 0 {
+		t.Errorf("an internal mail exchanger got mail: %d, %d", lo.Count(), sts.Count())
+	}
+	// Allowed, the same mail exchanger is used.
+	tr3 := w.relay(`on_failure = "reject"`, `mx_security = "verify"`)
+	if err := replyOf(tr3, "a@lo.test"); err != nil || lo.Count() != 1 {
+		t.Errorf("allowed: %v, %d delivered", err, lo.Count())
 	}
 }
 

@@ -277,7 +277,7 @@ func (r *Relay) recordRPT(log *slog.Logger, domain string, desc tlsrpt.PolicyDes
 	}
 	r.metrics.TLSRPT.WithLabelValues(string(desc.Type), result, class).Inc()
 	if err := r.reports.Record(s); err != nil {
-		log.Warn("cannot write the TLS-RPT report", "error", err)
+		log.Warn("cannot count the session in the TLS-RPT report", "error", err)
 	}
 }
 
@@ -287,7 +287,8 @@ func (r *Relay) recordRPT(log *slog.Logger, domain string, desc tlsrpt.PolicyDes
 func (r *Relay) mxPlanner(dest *policy.Destination) *mx.Planner {
 	cfg := r.Config()
 	return mx.NewPlanner(mx.Setup{Resolver: cfg.DNS.Resolver, TrustAD: cfg.DNS.TrustAD, Timeout: cfg.Queue.ConnectTimeout.Duration,
-		CacheDir: MTASTSCacheDir(cfg.Queue.Dir), Roots: dest.Roots, Dial: r.mxDial, Now: r.now})
+		CacheDir: MTASTSCacheDir(cfg.Queue.Dir), Roots: dest.Roots, Dial: r.mxDial, Now: r.now,
+		AllowInternal: cfg.DNS.AllowInternalAddresses})
 }
 
 // MTASTSCacheDir is where the MTA-STS policies are cached in the spool

@@ -83,6 +83,8 @@ type Relay struct {
 	reports *tlsrpt.Store
 	// mxHops keeps the hops of delivery to mail exchangers (see mxHop).
 	mxHops hopCache
+	// drops remembers the imported messages handled (see DropTaken).
+	drops dropsSeen
 }
 
 // New opens the spool, recovers queued messages and prepares the SMTP
@@ -107,6 +109,9 @@ func New(cfg *config.Config, opts Options) (*Relay, error) {
 	}
 	gs := newGates(cfg.Table, nil)
 	r.gates.Store(&gs)
+	r.reports.OnError = func(err error) {
+		r.log.Warn("cannot write the TLS-RPT reports; keeping the counts to try again", "error", err)
+	}
 	r.cfg.Store(cfg)
 	r.queue = newQueue(r)
 	r.pool = upstream.NewPool(cfg.Queue.UpstreamIdleTimeout.Duration, cfg.Queue.UpstreamMaxMessages,
@@ -221,6 +226,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 			r.server.Close()
 		}
 		r.queue.stop(ctx)
+		if err := r.reports.Close(); err != nil {
+			r.log.Warn("cannot write the TLS-RPT reports", "error", err)
+		}
 		r.pool.Close()
 		if r.control != nil {
 			r.control.Close()

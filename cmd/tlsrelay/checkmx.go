@@ -90,7 +90,8 @@ func checkMX(cfg *config.Config, dest *policy.Destination, domain, from string, 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	planner := mx.NewPlanner(mx.Setup{Resolver: cfg.DNS.Resolver, TrustAD: cfg.DNS.TrustAD, Timeout: timeout,
-		CacheDir: relay.MTASTSCacheDir(cfg.Queue.Dir), Roots: dest.Roots, Dial: mxDialForTests, Now: time.Now})
+		CacheDir: relay.MTASTSCacheDir(cfg.Queue.Dir), Roots: dest.Roots, Dial: mxDialForTests, Now: time.Now,
+		AllowInternal: cfg.DNS.AllowInternalAddresses})
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
 	plan := planner.Plan(ctx, domain, dest.MXSecurity)
 	rep := &mxCheck{Domain: domain, PolicyFrom: from, MXSecurity: string(dest.MXSecurity), Resolver: cfg.DNS.Resolver,

@@ -42,6 +42,7 @@ hostname = "relay.check.test"
 dir = "`+filepath.Join(tmp, "spool")+`"
 [dns]
 resolver = "`+w.DNS.Addr()+`"
+allow_internal_addresses = true
 [[destination]]
 domains = ["*"]
 upstream = "mx"

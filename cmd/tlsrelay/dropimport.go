@@ -33,11 +33,9 @@ func startDropImport(cfg *config.Config, r *relay.Relay, log *slog.Logger) (stop
 		MaxAge:   cfg.Queue.MaxAge.Duration,
 		Interval: time.Second,
 		Log:      log,
-	}
-	if drop.Leftovers(dir) {
-		if im.Queued, err = drop.QueuedBySpool(cfg.Queue.Dir); err != nil {
-			return nil, err
-		}
+		// The relay itself says what it already took, each time the
+		// importer is about to submit a file again.
+		Queued: r.DropTaken,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -33,6 +33,9 @@ func TestTLSRPTCommand(t *testing.T) {
 	st.Record(tlsrpt.Session{Time: day, Domain: "rpt.test", Policy: desc})
 	st.Record(tlsrpt.Session{Time: day, Domain: "rpt.test", Policy: desc, Result: policy.ResultCertExpired, ReceivingMX: "mx.rpt.test", Reason: "expired"})
 	st.Record(tlsrpt.Session{Time: day.Add(24 * time.Hour), Domain: "rpt.test", Policy: desc})
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	out, code := run()
 	if code != 0 || !strings.Contains(out, "2026-11-28  rpt.test") || !strings.Contains(out, "2026-11-29  rpt.test") {

@@ -15,6 +15,12 @@ type DNS struct {
 	// TrustAD trusts the AD bit (DNSSEC validated) of a resolver that is
 	// not on this machine's loopback.
 	TrustAD bool `toml:"trust_ad"`
+	// AllowInternalAddresses lets delivery to mail exchangers connect to
+	// internal addresses (loopback, private, link-local, ...: see
+	// policy.IsInternalAddress), for mail exchangers and MTA-STS policy
+	// servers alike. Off, a host resolving only to such addresses is not
+	// tried.
+	AllowInternalAddresses bool `toml:"allow_internal_addresses"`
 }
 
 // checkDNS checks the [dns] table, and refuses DANE that would trust the

@@ -17,7 +17,7 @@ func TestMXDestinationAndDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := c.Table.Lookup("anything.test")
-	if d == nil || !d.IsMX() || d.MXSecurity != policy.DANEOrSTS || c.DNS.Resolver != "127.0.0.1:53" {
+	if d == nil || !d.IsMX() || d.MXSecurity != policy.DANEOrSTS || c.DNS.Resolver != "127.0.0.1:53" || c.DNS.AllowInternalAddresses {
 		t.Fatalf("default MX destination: %+v, dns %+v", d, c.DNS)
 	}
 	for _, ok := range []string{
@@ -26,6 +26,7 @@ func TestMXDestinationAndDNS(t *testing.T) {
 		base + mx(`mx_security = "sts"`) + "[dns]\nresolver = \"192.0.2.53:53\"\n",
 		base + mx("") + "[dns]\nresolver = \"192.0.2.53:53\"\ntrust_ad = true\n",
 		base + mx("") + "[dns]\nresolver = \"[::1]:5353\"\n",
+		base + mx("") + "[dns]\nallow_internal_addresses = true\n",
 	} {
 		if _, err := Parse("t.toml", ok); err != nil {
 			t.Errorf("refused:\n%s\n%v", ok, err)
@@ -40,6 +41,8 @@ func TestMXDestinationAndDNS(t *testing.T) {
 		{base + mx("") + "[dns]\nresolver = \"192.0.2.53:53\"\n", "RFC 6698 A.3"},
 		{base + mx(`mx_security = "dane"`) + "[dns]\nresolver = \"192.0.2.53:53\"\n", "trust_ad = true"},
 		{base + mx("") + "[dns]\nresolver = \"dns.example.test:53\"\n", "is not IP:port"},
+		{base + mx("") + "[dns]\nallow_internal_addresses = \"yes\"\n", "allow_internal_addresses"},
+		{base + mx("") + "[dns]\nallow_internal_address = true\n", "allow_internal_address"},
 	} {
 		_, err := Parse("t.toml", c.src)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

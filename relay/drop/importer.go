@@ -24,13 +24,13 @@ import (
 //
 // Exactly once: a message is first claimed, renamed into importing/ under
 // a name of the importer's own, and submitted with that name in its HELO,
-// which the spool keeps in the message's envelope. A relay killed after
-// its 250 and before the file's removal finds the file in importing/ at
-// the next start and looks for that HELO in the spool: recipients already
-// queued are not submitted again. One duplicate remains possible: if the
-// message was also delivered upstream and removed from the spool in the
-// moment between the 250 and the removal of the file, or if its
-// destination is in reject mode (delivered before the 250, never queued).
+// which the spool keeps in the message's envelope. Before a claimed file
+// is submitted again — its last submission broke, or a previous run of
+// the relay claimed it — the importer asks the relay (Queued) which
+// recipients it already took under that HELO, and does not submit to
+// them again. One duplicate remains possible: when a previous run of the
+// relay delivered the message and removed it from its spool, or delivered
+// it in reject mode, and was then killed before the file was removed.
 type Importer struct {
 	// Dir is the drop directory, prepared by PrepareDir.
 	Dir string
@@ -42,12 +42,14 @@ type Importer struct {
 	// Interval is the time between two looks at the directory.
 	Interval time.Duration
 	Log      *slog.Logger
-	// Queued returns the recipients of spooled messages whose session
-	// said helo. It is asked only about files that a previous run of the
-	// relay claimed, or whose submission broke after the data was sent.
-	Queued func(helo string) []string
+	// Queued returns the recipients the relay already took from sessions
+	// that said helo (relay.Relay.DropTaken). It is asked before every
+	// submission of a claimed file but the first one of a file this
+	// Importer claimed itself; an error keeps the file for the next try.
+	Queued func(helo string) ([]string, error)
 
-	// sure holds the claimed files known not to be in the spool yet.
+	// sure holds the claimed files never submitted yet: the relay cannot
+	// have them.
 	sure map[string]bool
 }
 
@@ -186,10 +188,13 @@ func (im *Importer) importOne(ctx context.Context, name string) error {
 	helo := "drop-" + name
 	log := im.Log.With("drop_file", name, "uid", uid, "from", env.From)
 	if !im.sure[name] && im.Queued != nil {
-		done := im.Queued(helo)
+		done, err := im.Queued(helo)
+		if err != nil {
+			return fmt.Errorf("cannot tell whether the relay already took %s: %w", name, err)
+		}
 		if len(done) > 0 {
 			left := slices.DeleteFunc(slices.Clone(env.Recipients), func(r string) bool { return slices.Contains(done, r) })
-			log.Info("drop directory: this message was queued before the relay stopped; not submitting it again to those recipients", "queued", len(done), "left", len(left))
+			log.Info("drop directory: the relay already took this message (its submission broke after the data, or the relay stopped before the file was removed); not submitting it again to those recipients", "taken", len(done), "left", len(left))
 			if len(left) == 0 {
 				return im.remove(path)
 			}
@@ -200,6 +205,9 @@ func (im *Importer) importOne(ctx context.Context, name string) error {
 		return im.refuse(name, uid, fmt.Sprintf("the relay did not take it within max_age (%s)", im.MaxAge))
 	}
 	size := fi.Size() - off
+	// From here on the relay may take the message, whatever this
+	// submission's outcome: the next one asks first.
+	delete(im.sure, name)
 	replies, err := Submit(ctx, im.Addr, helo, env, func() (io.Reader, error) {
 		return io.NewSectionReader(f, off, size), nil
 	})
@@ -212,9 +220,6 @@ func (im *Importer) importOne(ctx context.Context, name string) error {
 	case errors.As(err, &ue):
 		return err
 	case errors.As(err, &te):
-		if te.Stage == "DATA" || te.Stage == "end of data" {
-			delete(im.sure, name) // the relay may have queued it: look before the next try
-		}
 		return err
 	default:
 		return im.refuse(name, uid, err.Error())

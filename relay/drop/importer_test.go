@@ -15,7 +15,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"tlsrelay/relay/sink"
-	"tlsrelay/relay/spool"
 )
 
 // frontDoor is a plain SMTP server standing for the relay's front door; it
@@ -174,11 +173,11 @@ func TestImporterKeepsWhatTheRelayCannotTakeNow(t *testing.T) {
 	}
 }
 
-// TestImporterAfterARestartSkipsWhatTheSpoolHas: a file claimed by an
+// TestImporterAfterARestartSkipsWhatTheRelayTook: a file claimed by an
 // earlier run (killed between the relay's 250 and the removal) is not
-// submitted again to the recipients the spool already holds under its
-// HELO, found by QueuedBySpool.
-func TestImporterAfterARestartSkipsWhatTheSpoolHas(t *testing.T) {
+// submitted again to the recipients the relay says it took under its
+// HELO; a file this run claimed is submitted without asking.
+func TestImporterAfterARestartSkipsWhatTheRelayTook(t *testing.T) {
 	fd := frontDoor(t)
 	first := newImporter(t, fd.Addr())
 	Write(first.Dir, Envelope{From: "app@x.test", Recipients: []string{"a@x.test", "b@x.test"}}, []byte("Subject: s\r\n\r\nx\r\n"))
@@ -187,37 +186,51 @@ func TestImporterAfterARestartSkipsWhatTheSpoolHas(t *testing.T) {
 		t.Fatal(err)
 	}
 	claimed := ls(t, filepath.Join(first.Dir, importingDir))
-	if len(claimed) != 1 || !Leftovers(first.Dir) {
+	if len(claimed) != 1 {
 		t.Fatalf("claimed %v", claimed)
 	}
-	// The spool of the killed relay holds the message for a@x.test.
-	spoolDir := t.TempDir()
-	store, err := spool.Open(spoolDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := store.Create(spool.Envelope{From: "app@x.test", Recipients: []string{"a@x.test"}, Received: time.Now(), Helo: "drop-" + claimed[0]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Write([]byte("Subject: s\r\n\r\nx\r\n"))
-	if err := p.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	queued, err := QueuedBySpool(spoolDir)
-	if err != nil {
-		t.Fatal(err)
+	var asked []string
+	queued := func(helo string) ([]string, error) {
+		asked = append(asked, helo)
+		if helo == "drop-"+claimed[0] {
+			return []string{"a@x.test"}, nil
+		}
+		return nil, nil
 	}
 	next := &Importer{Dir: first.Dir, Addr: fd.Addr(), Interval: time.Second, Log: first.Log, Queued: queued}
+	Write(first.Dir, Envelope{From: "app@x.test", Recipients: []string{"c@x.test"}}, []byte("Subject: s\r\n\r\nx\r\n"))
 	if err := next.Once(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	msgs := fd.Messages()
-	if len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "b@x.test" {
-		t.Fatalf("submitted %+v, want the message for b@x.test only", msgs)
+	if len(msgs) != 2 || strings.Join(msgs[0].To, ",") != "b@x.test" || strings.Join(msgs[1].To, ",") != "c@x.test" {
+		t.Fatalf("submitted %+v, want the message for b@x.test only, then the new one", msgs)
 	}
-	if Leftovers(first.Dir) {
-		t.Error("the file is still in importing/")
+	if len(asked) != 1 || asked[0] != "drop-"+claimed[0] {
+		t.Errorf("asked about %v, want only the earlier run's file", asked)
+	}
+	if left := ls(t, filepath.Join(first.Dir, importingDir)); len(left) != 0 {
+		t.Errorf("importing/ still holds %v", left)
+	}
+}
+
+// TestImporterKeepsAFileWhenTheRelayCannotBeAsked: when the relay cannot be asked,
+// a file claimed earlier stays for the next try rather than going twice.
+func TestImporterKeepsAFileWhenTheRelayCannotBeAsked(t *testing.T) {
+	fd := frontDoor(t)
+	im := newImporter(t, fd.Addr())
+	Write(im.Dir, Envelope{From: "app@x.test", Recipients: []string{"a@x.test"}}, []byte("Subject: s\r\n\r\nx\r\n"))
+	im.sure = map[string]bool{}
+	if err := im.claim(); err != nil {
+		t.Fatal(err)
+	}
+	im.sure = map[string]bool{} // as if claimed by an earlier run
+	im.Queued = func(string) ([]string, error) { return nil, errors.New("spool unreadable") }
+	if err := im.Once(context.Background()); err == nil || !strings.Contains(err.Error(), "spool unreadable") {
+		t.Errorf("Once: %v, want the lookup's error", err)
+	}
+	if fd.Count() != 0 || len(ls(t, filepath.Join(im.Dir, importingDir))) != 1 {
+		t.Errorf("the file went (%d) or left importing/", fd.Count())
 	}
 }
 

@@ -32,6 +32,10 @@ type Planner struct {
 	// policy, and such hosts are judged by verify. DANE is never relaxed,
 	// nor verify itself: tlsrelay never uses unverified TLS.
 	RelaxSTS bool
+	// AllowInternal keeps the internal addresses of mail exchangers
+	// (policy.IsInternalAddress); by default they are not tried, and a
+	// host with no other address is a failure (InternalAddressError).
+	AllowInternal bool
 }
 
 // Plan is how one recipient domain's mail may go.
@@ -153,6 +157,24 @@ func (p *Planner) host(ctx context.Context, plan *Plan, m dnsx.MX) Host {
 		return h
 	}
 	h.Addrs = addrs.IPs
+	if !p.AllowInternal {
+		h.Addrs = nil
+		var refused *InternalAddressError
+		for _, ip := range addrs.IPs {
+			if policy.IsInternalAddress(ip) {
+				if refused == nil {
+					refused = &InternalAddressError{What: "the mail exchanger", Host: m.Host, Addr: ip}
+				}
+				continue
+			}
+			h.Addrs = append(h.Addrs, ip)
+		}
+		if len(h.Addrs) == 0 {
+			h.Failure = hostFailure(m.Host, policy.DNS, "", refused.Error(),
+				"the recipient's domain names a mail exchanger on a loopback, private or link-local address: a mistake of its DNS, or an attempt to reach this relay's own network; if such mail exchangers are meant to be used (a relay inside a private network), set [dns] allow_internal_addresses = true", refused)
+			return h
+		}
+	}
 	level := plan.Level
 
 	// DANE: only over a DNSSEC-validated MX set and address lookup.

@@ -2,6 +2,7 @@ package mx
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -26,7 +27,8 @@ func TestPlanOrderAndTLSABase(t *testing.T) {
 		// b is a CNAME whose target has no TLSA: the MX name's are used.
 		"alias2.signed.test. MX 10 mx.alias2.signed.test.", "mx.alias2.signed.test. CNAME real2.signed.test.", "real2.signed.test. A 127.0.0.5",
 		"_25._tcp.mx.alias2.signed.test. TLSA 3 1 1 "+digest)
-	p := &Planner{DNS: &dnsx.Client{Server: s.Addr()}}
+	// The test's hosts are on loopback (the plans are not dialed).
+	p := &Planner{DNS: &dnsx.Client{Server: s.Addr()}, AllowInternal: true}
 	ctx := context.Background()
 	seen := map[string]bool{}
 	for range 64 {
@@ -50,6 +52,44 @@ func TestPlanOrderAndTLSABase(t *testing.T) {
 	// verify looks up no TLSA at all.
 	if h := p.Plan(ctx, "alias.signed.test", policy.Verify).Hosts[0]; h.Auth.DANE {
 		t.Errorf("verify used DANE: %+v", h)
+	}
+}
+
+// TestPlanRefusesInternalAddresses: a mail exchanger's internal addresses
+// (loopback, private, link-local with the metadata service, an IPv4 one
+// inside IPv6) are not tried; a host with only such addresses is a dns
+// failure that names the address and the key allowing it. Nothing is
+// dialed: plans only resolve.
+func TestPlanRefusesInternalAddresses(t *testing.T) {
+	s, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.MustAdd("lo.test. MX 10 mx.lo.test.", "mx.lo.test. A 127.0.0.1",
+		"meta.test. MX 10 mx.meta.test.", "mx.meta.test. A 169.254.169.254",
+		"mapped.test. MX 10 mx.mapped.test.", "mx.mapped.test. AAAA 64:ff9b::a01:203",
+		"mixed.test. MX 10 mx.mixed.test.", "mx.mixed.test. A 192.168.1.1", "mx.mixed.test. A 8.8.8.8")
+	ctx := context.Background()
+	p := &Planner{DNS: &dnsx.Client{Server: s.Addr()}}
+	for dom, ip := range map[string]string{"lo.test": "127.0.0.1", "meta.test": "169.254.169.254", "mapped.test": "64:ff9b::a01:203"} {
+		plan := p.Plan(ctx, dom, policy.Verify)
+		if len(plan.Hosts) != 1 {
+			t.Fatalf("%s: %+v", dom, plan)
+		}
+		f := plan.Hosts[0].Failure
+		want := "the mail exchanger mx." + dom + " resolves to " + ip + ", an internal address; refused (set [dns] allow_internal_addresses to allow)"
+		var ie *InternalAddressError
+		if f == nil || f.Class != policy.DNS || f.Detail != want || !errors.As(f, &ie) || len(plan.Hosts[0].Addrs) != 0 {
+			t.Errorf("%s: %+v, want a dns failure saying %q", dom, plan.Hosts[0], want)
+		}
+	}
+	if h := p.Plan(ctx, "mixed.test", policy.Verify).Hosts[0]; h.Failure != nil || len(h.Addrs) != 1 || h.Addrs[0].String() != "8.8.8.8" {
+		t.Errorf("mixed addresses: %+v, want only the public one", h)
+	}
+	p.AllowInternal = true
+	if h := p.Plan(ctx, "lo.test", policy.Verify).Hosts[0]; h.Failure != nil || len(h.Addrs) != 1 {
+		t.Errorf("allowed: %+v", h)
 	}
 }
 

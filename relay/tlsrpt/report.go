@@ -1,7 +1,8 @@
 // Package tlsrpt keeps SMTP TLS Reporting (RFC 8460) aggregate reports:
 // every session of MX delivery is counted, as a success or a failure with
-// its result type, in one report per policy domain and UTC day, written
-// to disk (atomically) as RFC 8460 JSON. Sending the reports to the
+// its result type, in one report per policy domain and UTC day, kept in
+// memory and written to disk (atomically, now and then: see Store) as RFC
+// 8460 JSON. Sending the reports to the
 // domain's rua is not done.
 package tlsrpt
 
@@ -92,14 +93,47 @@ type Session struct {
 	Reason string
 }
 
-// Store keeps the reports in Dir/<YYYY-MM-DD>/<domain>.json.
+// DefaultInterval is how often a Store writes the reports that changed,
+// when its Interval is zero.
+const DefaultInterval = time.Minute
+
+// Store keeps the reports in Dir/<YYYY-MM-DD>/<domain>.json. Sessions are
+// counted in memory; the reports that changed are written (atomically,
+// durably) every Interval, when the UTC day rolls over, and by Flush and
+// Close, never while a session is being counted. A process killed
+// without Close loses at most the last Interval's counts.
 type Store struct {
 	Dir string
 	// Org names this relay (organization-name, contact-info, report-id).
 	Org string
+	// Interval is the time between two writes of the changed reports
+	// (zero: DefaultInterval).
+	Interval time.Duration
+	// OnError, if set, is told of a failed write that no caller sees (one
+	// made on the timer); the counts stay in memory and are tried again.
+	OnError func(error)
+
+	// writeFile writes one report; nil: durable.WriteFile (tests count
+	// writes through it).
+	writeFile func(path string, data []byte) error
 
 	mu      sync.Mutex
-	reports map[string]*Report // by day/domain, loaded lazily
+	reports map[string]*kept // by day/domain, loaded lazily
+	latest  string           // the latest day counted
+	timer   *time.Timer      // the pending timed write, if any
+	closed  bool
+
+	// flushing serializes writes, so that an older copy of a report never
+	// replaces a newer one.
+	flushing sync.Mutex
+}
+
+// kept is a report in memory and whether it changed since it was written.
+type kept struct {
+	r     *Report
+	path  string
+	day   string
+	dirty bool
 }
 
 // day is the UTC date of t.
@@ -112,47 +146,147 @@ func (s *Store) path(d, domain string) (string, error) {
 	return filepath.Join(s.Dir, d, domain+".json"), nil
 }
 
-// Record counts one session in its day's report for its domain and writes
-// that report durably.
+// Record counts one session in its day's report for its domain. The
+// report is written later (see Store); the first session of a domain and
+// day reads the report already on disk, if any, to count on from it.
 func (s *Store) Record(ss Session) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	d := day(ss.Time)
 	p, err := s.path(d, ss.Domain)
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	key := d + "/" + ss.Domain
-	r := s.reports[key]
-	if r == nil {
-		if r, err = readReport(p); errors.Is(err, fs.ErrNotExist) {
+	k := s.reports[key]
+	if k == nil {
+		r, err := readReport(p)
+		if errors.Is(err, fs.ErrNotExist) {
 			start, _ := time.Parse(time.DateOnly, d)
 			r = &Report{OrganizationName: s.Org, ContactInfo: "postmaster@" + s.Org,
 				ReportID:  d + "_" + ss.Domain + "@" + s.Org,
 				DateRange: DateRange{Start: start, End: start.Add(24*time.Hour - time.Second)}}
 		} else if err != nil {
+			s.mu.Unlock()
 			return err
 		}
 		if s.reports == nil {
-			s.reports = map[string]*Report{}
+			s.reports = map[string]*kept{}
 		}
-		// Only the current days are kept in memory.
-		for k := range s.reports {
-			if !strings.HasPrefix(k, d) {
-				delete(s.reports, k)
+		k = &kept{r: r, path: p, day: d}
+		s.reports[key] = k
+	}
+	k.r.add(ss)
+	k.dirty = true
+	rolled := s.latest != "" && d > s.latest
+	if d > s.latest {
+		s.latest = d
+	}
+	closed := s.closed
+	now := rolled || closed
+	if !now && s.timer == nil {
+		interval := s.Interval
+		if interval <= 0 {
+			interval = DefaultInterval
+		}
+		s.timer = time.AfterFunc(interval, s.tick)
+	}
+	s.mu.Unlock()
+	switch {
+	case closed:
+		// After Close nothing writes later: this session is written now.
+		return s.Flush()
+	case rolled:
+		// A new day: the last day's reports are complete; write them
+		// (and forget them) now, on the side.
+		go s.tick()
+	}
+	return nil
+}
+
+// tick is the timed write.
+func (s *Store) tick() {
+	s.mu.Lock()
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	s.mu.Unlock()
+	if err := s.Flush(); err != nil && s.OnError != nil {
+		s.OnError(err)
+	}
+}
+
+// Flush writes every report that changed since it was last written, and
+// forgets the reports of days before the latest one counted. A report
+// that cannot be written stays in memory, to be tried again.
+func (s *Store) Flush() error {
+	s.flushing.Lock()
+	defer s.flushing.Unlock()
+	type job struct {
+		key, path string
+		raw       []byte
+	}
+	var jobs []job
+	var errs []error
+	s.mu.Lock()
+	for key, k := range s.reports {
+		if k.dirty {
+			raw, err := json.MarshalIndent(k.r, "", "  ")
+			if err != nil {
+				errs = append(errs, err)
+				continue
 			}
+			jobs = append(jobs, job{key, k.path, append(raw, '\n')})
+			k.dirty = false
 		}
-		s.reports[key] = r
 	}
-	r.add(ss)
-	raw, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
+	s.mu.Unlock()
+	write := s.writeFile
+	if write == nil {
+		write = func(path string, data []byte) error { return durable.WriteFile(path, data, 0o600) }
 	}
-	if err := durable.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
+	failed := map[string]bool{}
+	for _, j := range jobs {
+		err := durable.MkdirAll(filepath.Dir(j.path), 0o700)
+		if err == nil {
+			err = write(j.path, j.raw)
+		}
+		if err != nil {
+			failed[j.key] = true
+			errs = append(errs, fmt.Errorf("tlsrpt: writing %s: %w", j.path, err))
+		}
 	}
-	return durable.WriteFile(p, append(raw, '\n'), 0o600)
+	s.mu.Lock()
+	for key, k := range s.reports {
+		switch {
+		case failed[key]:
+			k.dirty = true
+		case !k.dirty && k.day < s.latest:
+			delete(s.reports, key) // an earlier day, written: done
+		}
+	}
+	if len(failed) > 0 && s.timer == nil && !s.closed {
+		interval := s.Interval
+		if interval <= 0 {
+			interval = DefaultInterval
+		}
+		s.timer = time.AfterFunc(interval, s.tick)
+	}
+	s.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// Close stops the timed writes and writes what changed. Sessions recorded
+// after Close are written at once.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	s.mu.Unlock()
+	return s.Flush()
 }
 
 func (r *Report) add(ss Session) {
