@@ -24,21 +24,15 @@ import (
 // an upstream that only now and then completes a transaction (overloaded,
 // half up) must not draw the whole backlog onto itself at every success.
 
-// A destination whose connection attempts time out is also suspended for
-// retry_min: its messages are deferred at once with the same verdict
-// instead of each tying up a worker for up to connect_timeout, which would
-// starve every other destination of workers (one blackholed server, 16
-// workers, 30 s each). When the time is up, one attempt probes it while
-// the others keep being deferred; the probe's result ends or renews the
-// suspension. Only slow connect failures suspend: a refused connection, a
-// TLS or a login verdict comes back within a round trip, so trying again
-// costs little and shows a fix at once.
-
-// slowConnect is how long a failed connect must have taken to suspend its
-// destination: a refusal comes back at once, a timeout (a blackholed
-// address, a filtered port, a server that accepts and never greets) takes
-// at least this long.
-const slowConnect = time.Second
+// A destination that fails as a destination (a refused or timed-out
+// connection, a TLS or a login verdict) is also suspended for retry_min:
+// its messages are not tried meanwhile — a timeout would tie up a worker
+// for up to connect_timeout per message and starve every other
+// destination, and with a large backlog even quick refusals would cost a
+// connection, a state write and log lines per message per retry. When
+// the time is up, one attempt probes it while the others keep waiting;
+// the probe's result ends or renews the suspension. How the waiting mail
+// is kept meanwhile is cohort.go's.
 
 // downDest is a suspended destination.
 type downDest struct {
@@ -73,11 +67,12 @@ func (q *queue) suspended(dest string) *policy.Failure {
 }
 
 // tried records the result of an attempt to dest that took so long: a
-// slow connect failure suspends it (again), anything else ends its
-// suspension.
+// failure of the destination itself (waitsForDestination: no connection,
+// a TLS or a login verdict) suspends it (again), anything else ends its
+// suspension. The cohort of mail waiting for it is told (cohort.go).
 func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
-	if f != nil && f.Class == policy.Connect && took >= slowConnect {
-		until := q.r.now().Add(q.r.Config().Queue.RetryMin.Duration)
+	if f != nil && waitsForDestination(f.Class) {
+		until := q.r.now().Add(probeAfter(q.r.Config()))
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		if q.down == nil {
@@ -87,6 +82,7 @@ func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
 			q.ndown.Add(1)
 		}
 		q.down[dest] = downDest{until: until, failure: f}
+		q.wentDownLocked(dest, f, until)
 		return
 	}
 	if q.ndown.Load() == 0 {
@@ -97,6 +93,7 @@ func (q *queue) tried(dest string, f *policy.Failure, took time.Duration) {
 	if _, ok := q.down[dest]; ok {
 		delete(q.down, dest)
 		q.ndown.Add(-1)
+		q.cameBackLocked(dest)
 	}
 }
 
@@ -107,6 +104,7 @@ func (q *queue) resume() {
 	defer q.mu.Unlock()
 	q.ndown.Add(-int64(len(q.down)))
 	q.down = nil
+	q.resumeCohortsLocked()
 }
 
 // waitsForDestination reports whether a failure of this class is the
@@ -120,6 +118,10 @@ func waitsForDestination(c policy.Class) bool {
 func (q *queue) waitFor(id, dest string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.waitForLocked(id, dest)
+}
+
+func (q *queue) waitForLocked(id, dest string) {
 	it := q.items[id]
 	if it == nil || slices.Contains(it.waitsOn, dest) {
 		return
@@ -169,10 +171,6 @@ func (q *queue) destinationUp(dest, self string) int {
 		if it == nil {
 			continue
 		}
-		if it.timer != nil {
-			it.timer.Stop()
-			it.timer = nil
-		}
 		q.makeReadyLocked(it)
 		n++
 	}
@@ -196,6 +194,8 @@ func (q *queue) unwaitLocked(id, dest string) {
 // dropLocked forgets id entirely, including what it waits for.
 func (q *queue) dropLocked(id string) {
 	if it := q.items[id]; it != nil {
+		q.unscheduleLocked(it)
+		q.unparkLocked(it)
 		for _, dest := range slices.Clone(it.waitsOn) {
 			q.unwaitLocked(id, dest)
 		}

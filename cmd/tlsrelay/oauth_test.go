@@ -241,7 +241,7 @@ func TestOAuthFailuresAreExplainedAndMailWaits(t *testing.T) {
 	q := exec.Command(binary, "queue", "-config", cfg, "list")
 	q.Env = append(os.Environ(), env)
 	out, err := q.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "oauth_token") || !strings.Contains(string(out), "1 message(s)") {
+	if err != nil || !strings.Contains(string(out), "oauth_token") || !strings.Contains(string(out), "in 1 message,") {
 		t.Errorf("queue list: %v\n%s", err, out)
 	}
 	if e.up.Count() != 0 {
