@@ -46,6 +46,10 @@ type queue struct {
 	released map[string]time.Time
 	closed   bool
 	quit     chan struct{} // closed when the queue stops
+	// total, loaded and recovered follow the recovery of the spool at
+	// start (see load).
+	total, loaded atomic.Int64
+	recovered     atomic.Bool
 	workers  sync.WaitGroup
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -76,17 +80,55 @@ func newQueue(r *Relay) *queue {
 // recover loads the spool: every committed message is scheduled at its
 // next attempt time, or now.
 func (q *queue) recover() error {
-	ids, err := q.r.store.Recover()
+	ids, err := q.recoverSpool()
 	if err != nil {
 		return err
 	}
+	return q.load(ids)
+}
+
+// recoverSpool makes the spool consistent (see spool.Store.Recover) and
+// returns the ids of its messages; the queue learns them with load. Mail
+// may be committed from here on.
+func (q *queue) recoverSpool() ([]string, error) {
+	ids, err := q.r.store.Recover()
+	if err != nil {
+		return nil, err
+	}
 	q.reportDamage()
-	now := q.r.now()
+	q.total.Store(int64(len(ids)))
+	return ids, nil
+}
+
+// load schedules each message of ids: one that was never attempted (it
+// has no state) is due now, and costs no read of the spool here — its
+// arrival time is in its id; the others at their next attempt, held ones
+// never. It may run while the relay accepts and delivers mail: a message
+// is worked on by one worker at a time (item.running), and one delivered
+// or deleted meanwhile is simply not found.
+func (q *queue) load(ids []string) error {
 	for _, id := range ids {
+		if q.isClosed() {
+			return nil
+		}
+		if loadHook != nil {
+			loadHook(id)
+		}
+		q.loaded.Add(1)
+		if !q.r.store.HasState(id) {
+			if at, ok := spool.IDTime(id); ok {
+				q.note(id, at)
+				q.schedule(id, 0)
+				continue
+			}
+		}
 		msg, err := q.r.store.Open(id)
 		if errors.Is(err, spool.ErrCorrupt) {
 			q.quarantine(id, err)
 			continue
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // delivered or deleted since the listing
 		}
 		if err != nil {
 			return err // not the file's fault: do not start half-blind
@@ -101,17 +143,24 @@ func (q *queue) recover() error {
 			q.track(id)
 			continue
 		}
-		q.schedule(id, st.NextAttempt.Sub(now))
+		q.schedule(id, st.NextAttempt.Sub(q.r.now()))
 		for _, rc := range st.Recipients {
 			if rc.Status == spool.StatusPending && rc.Destination != "" && waitsForDestination(policy.Class(rc.Class)) {
 				q.waitFor(id, rc.Destination)
 			}
 		}
 	}
-	if len(ids) > 0 {
-		q.r.log.Info("recovered queued messages", "count", len(ids))
-	}
 	return nil
+}
+
+// loadHook, if set, is called before load takes each message (tests hold
+// the recovery with it).
+var loadHook func(id string)
+
+// recovering reports how far load has come while it runs in the
+// background: loaded of total; done once every message is known.
+func (q *queue) recovering() (loaded, total int64, done bool) {
+	return q.loaded.Load(), q.total.Load(), q.recovered.Load()
 }
 
 // reportDamage logs each journal segment that Recover found damaged: an

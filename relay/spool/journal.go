@@ -78,16 +78,35 @@ type segment struct {
 	unreadable int64
 }
 
-// jmsg is where a live message of the journal is.
+// jmsg is where a live message of the journal is. Its envelope is not
+// kept in memory: it is read from the segment and decoded when the
+// message is opened, so that a journal of hundreds of thousands of
+// waiting messages costs little memory and little time to load.
 type jmsg struct {
 	seg     *segment
-	env     Envelope
-	bodyOff int64
+	envOff  int64 // where the JSON envelope starts in seg
+	bodyOff int64 // where the body starts in seg
+	size    int64 // the body's length
+}
+
+// envelope reads and decodes the message's envelope from its segment.
+func (m *jmsg) envelope(id string) (Envelope, error) {
+	buf := make([]byte, m.bodyOff-m.envOff)
+	if _, err := m.seg.f.ReadAt(buf, m.envOff); err != nil {
+		return Envelope{}, err
+	}
+	var env Envelope
+	if len(buf) < 2 || buf[len(buf)-1] != '\n' || json.Unmarshal(buf[:len(buf)-1], &env) != nil ||
+		env.ID != id || env.Size != m.size || len(env.Recipients) == 0 {
+		return env, fmt.Errorf("%w: journal record of %s does not decode", ErrCorrupt, id)
+	}
+	return env, nil
 }
 
 type jreq struct {
 	rec     []byte
 	durable bool
+	id      string
 	msg     *jmsg // for a message record: indexed once written
 	done    bool
 	err     error
@@ -172,11 +191,12 @@ func (j *journal) load() error {
 func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 	switch typ {
 	case recMessage:
-		env, bodyOff, ok := decodeMessagePayload(payload)
-		if !ok || j.index[env.ID] != nil || j.skip(env.ID) {
+		id, bodyOff, ok := payloadID(payload)
+		if !ok || j.index[id] != nil || j.skip(id) {
 			return
 		}
-		j.index[env.ID] = &jmsg{seg: seg, env: env, bodyOff: off + recordHeaderSize + bodyOff}
+		start := off + recordHeaderSize
+		j.index[id] = &jmsg{seg: seg, envOff: start, bodyOff: start + bodyOff, size: int64(len(payload)) - bodyOff}
 		seg.live++
 	case recDone:
 		if m := j.index[string(payload)]; m != nil {
@@ -297,6 +317,25 @@ func resync(r io.ReaderAt, size, from int64, scratch []byte) int64 {
 	return size
 }
 
+// payloadID returns the id of a message record's payload and where its
+// body starts, without decoding the whole envelope: the encoder writes the
+// id first ({"id":"…",…}), as encoding/json did for earlier versions. A
+// payload in another form is decoded in full.
+func payloadID(p []byte) (string, int64, bool) {
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 {
+		return "", 0, false
+	}
+	const prefix = `{"id":"`
+	if rest, ok := bytes.CutPrefix(p[:i], []byte(prefix)); ok {
+		if k := bytes.IndexByte(rest, '"'); k > 0 && validID(string(rest[:k])) && k+1 < len(rest) && rest[k+1] == ',' {
+			return string(rest[:k]), int64(i + 1), true
+		}
+	}
+	env, bodyOff, ok := decodeMessagePayload(p)
+	return env.ID, bodyOff, ok
+}
+
 func decodeMessagePayload(p []byte) (Envelope, int64, bool) {
 	var env Envelope
 	i := bytes.IndexByte(p, '\n')
@@ -334,9 +373,9 @@ func (j *journal) commitMessage(env Envelope, body []byte) error {
 	if len(hdr)+1+len(body) > maxRecordPayload { // Pending keeps bodies below journalMaxMessage
 		return fmt.Errorf("spool: journal record of %d bytes exceeds the reader's limit", len(hdr)+1+len(body))
 	}
-	m := &jmsg{env: env}
-	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, msg: m}
-	m.bodyOff = recordHeaderSize + int64(len(hdr)) + 1 // made absolute by the writer
+	// Offsets within the record, made absolute by the writer.
+	m := &jmsg{envOff: recordHeaderSize, bodyOff: recordHeaderSize + int64(len(hdr)) + 1, size: int64(len(body))}
+	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, id: env.ID, msg: m}
 	return j.submit(req)
 }
 
@@ -387,7 +426,7 @@ func (j *journal) submit(req *jreq) error {
 		for _, b := range batch {
 			if err == nil && b.msg != nil {
 				b.msg.seg = seg
-				j.index[b.msg.env.ID] = b.msg
+				j.index[b.id] = b.msg
 				seg.live++
 			}
 			b.done, b.err = true, err
@@ -481,6 +520,7 @@ func (j *journal) write(seg *segment, batch []*jreq) error {
 	durable := false
 	for _, b := range batch {
 		if b.msg != nil {
+			b.msg.envOff += seg.size + int64(len(buf))
 			b.msg.bodyOff += seg.size + int64(len(buf))
 		}
 		buf = append(buf, b.rec...)
@@ -578,11 +618,15 @@ func (s *Store) Spill(id string) error {
 	if !ok {
 		return nil
 	}
-	p := &Pending{store: s, env: m.env, off: int64(len(magic))}
+	env, err := m.envelope(id)
+	if err != nil {
+		return err
+	}
+	p := &Pending{store: s, env: env, off: int64(len(magic))}
 	if err := p.toFile(); err != nil {
 		return err
 	}
-	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.env.Size)); err != nil {
+	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.size)); err != nil {
 		p.Abort()
 		return fmt.Errorf("spool: spill %s: %w", id, err)
 	}
