@@ -50,9 +50,9 @@ type queue struct {
 	// start (see load).
 	total, loaded atomic.Int64
 	recovered     atomic.Bool
-	workers  sync.WaitGroup
-	ctx      context.Context
-	cancel   context.CancelFunc
+	workers       sync.WaitGroup
+	ctx           context.Context
+	cancel        context.CancelFunc
 }
 
 type item struct {
