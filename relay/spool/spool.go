@@ -32,7 +32,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -550,7 +549,7 @@ func Decode(r io.ReaderAt, size int64) (Envelope, error) {
 	if _, err := r.ReadAt(buf, start); err != nil || buf[0] != '\n' || buf[n+1] != '\n' {
 		return env, fmt.Errorf("%w: trailer framing", ErrCorrupt)
 	}
-	if err := json.Unmarshal(buf[1:n+1], &env); err != nil {
+	if err := decodeEnvelope(buf[1:n+1], &env); err != nil {
 		return env, fmt.Errorf("%w: envelope: %v", ErrCorrupt, err)
 	}
 	if !validID(env.ID) || len(env.Recipients) == 0 || env.Size != start-int64(len(magic)) {
