@@ -118,8 +118,8 @@ type journal struct {
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	segs    []*segment // oldest first
-	cur     *segment   // where appends go; nil until the first
+	segs    []*segment      // oldest first
+	cur     *segment        // where appends go; nil until the first
 	index   map[string]jmsg // by value: one object fewer per message for the collector
 	queue   []*jreq
 	writing bool
