@@ -56,6 +56,7 @@ func (q *queue) wentDownLocked(dest string, f *policy.Failure, until time.Time) 
 	if c == nil {
 		c = &cohort{since: q.r.now()}
 		q.cohorts[dest] = c
+		q.r.metrics.DownSince.WithLabelValues(dest).Set(float64(c.since.Unix()))
 		q.r.log.Warn("destination down: its mail waits without being tried, and one message probes it every retry_min",
 			"destination", dest, "class", string(f.Class), "detail", f.Detail, "fix", f.Fix,
 			"next_probe", until.UTC().Format(time.RFC3339))
@@ -78,6 +79,7 @@ func (q *queue) cameBackLocked(dest string) {
 	}
 	c.probe.Stop()
 	delete(q.cohorts, dest)
+	q.r.metrics.DownSince.DeleteLabelValues(dest)
 	n := q.releaseParkedLocked(dest)
 	q.r.log.Info("destination back: it works again; the mail that waited for it goes now",
 		"destination", dest, "down_since", c.since.UTC().Format(time.RFC3339),
@@ -90,6 +92,7 @@ func (q *queue) cameBackLocked(dest string) {
 func (q *queue) resumeCohortsLocked() {
 	for dest, c := range q.cohorts {
 		c.probe.Stop()
+		q.r.metrics.DownSince.DeleteLabelValues(dest)
 		q.releaseParkedLocked(dest)
 	}
 	q.cohorts = nil

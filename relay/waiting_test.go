@@ -150,6 +150,9 @@ func TestDownDestinationIsProbedNotHammered(t *testing.T) {
 	if tr.QueueSize() != n {
 		t.Fatalf("queue holds %d, want %d", tr.QueueSize(), n)
 	}
+	if v := downSince(t, tr); len(v) != 1 || v[0] < float64(begin.Unix()) {
+		t.Errorf("tlsrelay_destination_down_since_timestamp_seconds = %v while the destination is down", v)
+	}
 
 	closer.Close()
 	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
@@ -163,6 +166,9 @@ func TestDownDestinationIsProbedNotHammered(t *testing.T) {
 	}
 	if len(up.Messages()) != n {
 		t.Errorf("the upstream got %d messages, want each of %d once", len(up.Messages()), n)
+	}
+	if v := downSince(t, tr); len(v) != 0 {
+		t.Errorf("down-since series %v once the destination is back, want none", v)
 	}
 }
 
@@ -320,4 +326,22 @@ func TestBlackholedDestinationDoesNotStarveOthers(t *testing.T) {
 		t.Fatalf("retry -all: %s", res.Error)
 	}
 	eventually(t, 10*time.Second, "a real attempt after the operator's retry", func() bool { return accepted() > before })
+}
+
+// downSince gathers tlsrelay_destination_down_since_timestamp_seconds.
+func downSince(t *testing.T, tr *testRelay) []float64 {
+	t.Helper()
+	families, err := tr.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []float64
+	for _, f := range families {
+		if f.GetName() == "tlsrelay_destination_down_since_timestamp_seconds" {
+			for _, m := range f.GetMetric() {
+				out = append(out, m.GetGauge().GetValue())
+			}
+		}
+	}
+	return out
 }

@@ -25,6 +25,9 @@ type Metrics struct {
 	LastReload       prometheus.Gauge
 	LastReloadResult prometheus.Gauge
 	TokenRequests    *prometheus.CounterVec // destination, result
+	// DownSince is, per suspended destination, when it went down (Unix
+	// seconds); a destination that works has no series.
+	DownSince *prometheus.GaugeVec // destination
 	// TokenExpiry, if set, reports each OAuth destination's current token
 	// expiry; it is read at every scrape.
 	TokenExpiry func() map[string]time.Time
@@ -60,6 +63,9 @@ func New(queue QueueStats) *Metrics {
 		TokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_oauth_token_requests_total",
 			Help: "Requests to OAuth token endpoints by destination and result (success, or the provider's error code, unreachable, no_refresh_token)."},
 			[]string{"destination", "result"}),
+		DownSince: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_down_since_timestamp_seconds",
+			Help: "When each destination that is down (suspended: its mail waits, one message probes it) went down, Unix seconds; absent while it works."},
+			[]string{"destination"}),
 	}
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
@@ -72,7 +78,7 @@ func New(queue QueueStats) *Metrics {
 		return time.Since(t).Seconds()
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
-		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, tokenExpiry{m},
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, tokenExpiry{m}, m.DownSince,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")
