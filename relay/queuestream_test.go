@@ -37,6 +37,9 @@ func TestRunningRelayStreamsItsQueue(t *testing.T) {
 		if e.WaitingFor == "example.test" {
 			waiting++
 		}
+		if e.Delivered == nil || e.Failed == nil || len(e.Pending) != 1 || len(e.Recipients) != 1 {
+			t.Errorf("entry %+v: lists lost on the way (the JSON listing shows empty ones as [])", e)
+		}
 	}
 	if waiting != n-1 {
 		t.Errorf("%d messages listed as waiting for the down destination, want the %d that were not tried", waiting, n-1)
