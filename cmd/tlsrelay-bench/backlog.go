@@ -158,7 +158,7 @@ func cmdBacklog(args []string) error {
 	}
 	fmt.Printf("  healthy again: %.0f msgs/s; load average %s\n", after, loadAverage())
 	healthy := (before + after) / 2
-	table := fmt.Sprintf("healthy rate measured before and after: %.0f and %.0f msgs/s; load average at the end %s\n", before, after, loadAverage()) +
+	table := fmt.Sprintf("healthy rate measured before and after: %.0f and %.0f msgs/s; load average at the end %s\n\n", before, after, loadAverage()) +
 		renderBacklog(rows, healthy, rmin+"/"+rmax)
 	fmt.Println()
 	fmt.Print(table)
