@@ -168,17 +168,16 @@ func (r *Relay) attemptHop(fl *flight, env spool.Envelope, hop *policy.Destinati
 		log.Debug("not tried: the upstream is suspended", "detail", f.Detail)
 		return o
 	}
-	start := time.Now()
 	defer func() {
 		if o.superseded {
 			return
 		}
 		if named, ok := throttleOf(o.failure); ok {
-			until := r.queue.throttle(hop.HopName(), o.failure, named)
+			until := r.queue.throttle(hop, o.failure, named)
 			r.metrics.Throttles.WithLabelValues(dest.Name(), hop.Upstream).Inc()
 			log.Warn("upstream throttles; backing off", "until", until.UTC().Format(time.RFC3339), "detail", o.failure.Detail)
 		} else {
-			r.queue.tried(hop.HopName(), o.failure, time.Since(start))
+			r.queue.tried(hop, o.failure)
 		}
 		r.countAttempt(env, o)
 	}()

@@ -162,6 +162,10 @@ func (r *Relay) serveControl(ln net.Listener) {
 				json.NewEncoder(c).Encode(ControlResponse{Error: "bad request: " + err.Error()})
 				return
 			}
+			if req.Op == OpList {
+				r.streamList(c)
+				return
+			}
 			json.NewEncoder(c).Encode(r.Control(req))
 		}()
 	}

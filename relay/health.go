@@ -13,7 +13,8 @@ import (
 )
 
 // serveMetrics serves /metrics (Prometheus), /healthz (the process is
-// alive) and /readyz (listening, spool writable, configuration loaded).
+// alive) and /readyz (listening, queue recovered, spool writable,
+// configuration loaded).
 func (r *Relay) serveMetrics(addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -52,6 +53,12 @@ func (r *Relay) ready() error {
 	}
 	if r.Config() == nil {
 		return errors.New("no configuration loaded")
+	}
+	if err := r.recoverErr.Load(); err != nil {
+		return fmt.Errorf("the queue could not be recovered: %w", *err)
+	}
+	if loaded, total, done := r.queue.recovering(); !done {
+		return fmt.Errorf("recovering the queue: %d of %d spooled messages loaded (mail is accepted meanwhile)", loaded, total)
 	}
 	f, err := os.CreateTemp(filepath.Join(r.store.Dir(), "tmp"), "readyz-")
 	if err != nil {

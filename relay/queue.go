@@ -16,9 +16,10 @@ import (
 )
 
 // queue schedules the delivery of spooled messages. A new message is
-// handed to a worker at once; timers are only for retries. The spool is
-// the truth: the queue's memory only holds ids and due times, and a
-// message is worked on by one worker at a time.
+// handed to a worker at once; retries wait in one heap served by one
+// timer (schedule.go). The spool is the truth: the queue's memory only
+// holds ids and due times, and a message is worked on by one worker at a
+// time.
 type queue struct {
 	r *Relay
 
@@ -26,6 +27,13 @@ type queue struct {
 	cond  *sync.Cond
 	items map[string]*item
 	ready []string
+	// sched holds the items waiting for a retry time; kick wakes its
+	// goroutine when the earliest changes.
+	sched schedHeap
+	kick  chan struct{}
+	// cohorts holds what the queue knows of each suspended destination's
+	// waiting mail (cohort.go).
+	cohorts map[string]*cohort
 	// waiting lists, per destination name, the messages deferred because
 	// that destination failed (see waiting.go).
 	waiting map[string]map[string]bool
@@ -37,24 +45,33 @@ type queue struct {
 	// released is when each destination last released its waiting ones.
 	released map[string]time.Time
 	closed   bool
-	workers  sync.WaitGroup
-	ctx      context.Context
-	cancel   context.CancelFunc
+	quit     chan struct{} // closed when the queue stops
+	// total, loaded and recovered follow the recovery of the spool at
+	// start (see load).
+	total, loaded atomic.Int64
+	recovered     atomic.Bool
+	workers       sync.WaitGroup
+	ctx           context.Context
+	cancel        context.CancelFunc
 }
 
 type item struct {
 	id       string
-	received time.Time // for the oldest-message metric
-	timer    *time.Timer
+	received int64 // unix nanoseconds, for the oldest-message metric
+	due      int64 // unix nanoseconds; meaningful while hidx >= 0
+	hidx     int32 // index in queue.sched, -1 when not scheduled
 	running  bool
 	// again is set when the message became due while a worker had it.
 	again bool
+	// parked names the suspended destination whose cohort this message
+	// waits with, without a retry time of its own (cohort.go); "" if none.
+	parked string
 	// waitsOn names the destinations this message waits for.
 	waitsOn []string
 }
 
 func newQueue(r *Relay) *queue {
-	q := &queue{r: r, items: map[string]*item{}}
+	q := &queue{r: r, items: map[string]*item{}, kick: make(chan struct{}, 1), quit: make(chan struct{})}
 	q.cond = sync.NewCond(&q.mu)
 	q.ctx, q.cancel = context.WithCancel(context.Background())
 	return q
@@ -63,17 +80,55 @@ func newQueue(r *Relay) *queue {
 // recover loads the spool: every committed message is scheduled at its
 // next attempt time, or now.
 func (q *queue) recover() error {
-	ids, err := q.r.store.Recover()
+	ids, err := q.recoverSpool()
 	if err != nil {
 		return err
 	}
+	return q.load(ids)
+}
+
+// recoverSpool makes the spool consistent (see spool.Store.Recover) and
+// returns the ids of its messages; the queue learns them with load. Mail
+// may be committed from here on.
+func (q *queue) recoverSpool() ([]string, error) {
+	ids, err := q.r.store.Recover()
+	if err != nil {
+		return nil, err
+	}
 	q.reportDamage()
-	now := q.r.now()
+	q.total.Store(int64(len(ids)))
+	return ids, nil
+}
+
+// load schedules each message of ids: one that was never attempted (it
+// has no state) is due now, and costs no read of the spool here — its
+// arrival time is in its id; the others at their next attempt, held ones
+// never. It may run while the relay accepts and delivers mail: a message
+// is worked on by one worker at a time (item.running), and one delivered
+// or deleted meanwhile is simply not found.
+func (q *queue) load(ids []string) error {
 	for _, id := range ids {
+		if q.isClosed() {
+			return nil
+		}
+		if loadHook != nil {
+			loadHook(id)
+		}
+		q.loaded.Add(1)
+		if !q.r.store.HasState(id) {
+			if at, ok := spool.IDTime(id); ok {
+				q.note(id, at)
+				q.schedule(id, 0)
+				continue
+			}
+		}
 		msg, err := q.r.store.Open(id)
 		if errors.Is(err, spool.ErrCorrupt) {
 			q.quarantine(id, err)
 			continue
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // delivered or deleted since the listing
 		}
 		if err != nil {
 			return err // not the file's fault: do not start half-blind
@@ -88,17 +143,24 @@ func (q *queue) recover() error {
 			q.track(id)
 			continue
 		}
-		q.schedule(id, st.NextAttempt.Sub(now))
+		q.schedule(id, st.NextAttempt.Sub(q.r.now()))
 		for _, rc := range st.Recipients {
 			if rc.Status == spool.StatusPending && rc.Destination != "" && waitsForDestination(policy.Class(rc.Class)) {
 				q.waitFor(id, rc.Destination)
 			}
 		}
 	}
-	if len(ids) > 0 {
-		q.r.log.Info("recovered queued messages", "count", len(ids))
-	}
 	return nil
+}
+
+// loadHook, if set, is called before load takes each message (tests hold
+// the recovery with it).
+var loadHook func(id string)
+
+// recovering reports how far load has come while it runs in the
+// background: loaded of total; done once every message is known.
+func (q *queue) recovering() (loaded, total int64, done bool) {
+	return q.loaded.Load(), q.total.Load(), q.recovered.Load()
 }
 
 // reportDamage logs each journal segment that Recover found damaged: an
@@ -132,20 +194,23 @@ func (q *queue) add(env spool.Envelope) {
 func (q *queue) note(id string, received time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.itemLocked(id).received = received
+	q.itemLocked(id).received = received.UnixNano()
 }
 
 // stats returns the number of queued messages and the oldest one's time.
 func (q *queue) stats() (int, time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	var oldest time.Time
+	var oldest int64
 	for _, it := range q.items {
-		if !it.received.IsZero() && (oldest.IsZero() || it.received.Before(oldest)) {
+		if it.received != 0 && (oldest == 0 || it.received < oldest) {
 			oldest = it.received
 		}
 	}
-	return len(q.items), oldest
+	if oldest == 0 {
+		return len(q.items), time.Time{}
+	}
+	return len(q.items), time.Unix(0, oldest)
 }
 
 // track makes the queue know id without scheduling it (a held message).
@@ -158,7 +223,7 @@ func (q *queue) track(id string) {
 func (q *queue) itemLocked(id string) *item {
 	it := q.items[id]
 	if it == nil {
-		it = &item{id: id}
+		it = &item{id: id, hidx: -1}
 		q.items[id] = it
 	}
 	return it
@@ -169,25 +234,19 @@ func (q *queue) schedule(id string, d time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	it := q.itemLocked(id)
-	if it.timer != nil {
-		it.timer.Stop()
-		it.timer = nil
-	}
+	q.unparkLocked(it)
 	if d <= 0 {
 		q.makeReadyLocked(it)
 		return
 	}
-	it.timer = time.AfterFunc(d, func() {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		if q.items[id] == it {
-			it.timer = nil
-			q.makeReadyLocked(it)
-		}
-	})
+	q.setDueLocked(it, time.Now().Add(d).UnixNano())
 }
 
+// makeReadyLocked hands it to a worker now: whatever retry time or cohort
+// it waited with is over.
 func (q *queue) makeReadyLocked(it *item) {
+	q.unscheduleLocked(it)
+	q.unparkLocked(it)
 	if it.running {
 		it.again = true
 		return
@@ -203,6 +262,9 @@ func (q *queue) size() int {
 }
 
 func (q *queue) start(n int) {
+	q.workers.Add(2)
+	go q.runScheduler()
+	go q.summarize()
 	for i := 0; i < n; i++ {
 		q.workers.Add(1)
 		go q.work()
@@ -213,13 +275,13 @@ func (q *queue) start(n int) {
 // Messages stay in the spool either way.
 func (q *queue) stop(ctx context.Context) {
 	q.mu.Lock()
-	q.closed = true
-	for _, it := range q.items {
-		if it.timer != nil {
-			it.timer.Stop()
-		}
+	if !q.closed {
+		close(q.quit)
 	}
+	q.closed = true
+	q.stopCohortsLocked()
 	q.cond.Broadcast()
+	q.kickScheduler()
 	q.mu.Unlock()
 	done := make(chan struct{})
 	go func() { q.workers.Wait(); close(done) }()
@@ -262,7 +324,7 @@ func (q *queue) work() {
 			q.dropLocked(id)
 		} else if it.again {
 			it.again = false
-			q.ready = append(q.ready, id)
+			q.makeReadyLocked(it)
 		}
 		q.mu.Unlock()
 		if keep && !next.IsZero() && !q.isClosed() {
@@ -288,10 +350,8 @@ func (q *queue) lease(id string, fn func() error) error {
 		q.cond.Wait()
 	}
 	it.running = true
-	if it.timer != nil {
-		it.timer.Stop()
-		it.timer = nil
-	}
+	q.unscheduleLocked(it)
+	q.unparkLocked(it)
 	q.mu.Unlock()
 	err := fn()
 	q.mu.Lock()
@@ -306,9 +366,6 @@ func (q *queue) lease(id string, fn func() error) error {
 func (q *queue) forget(id string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if it := q.items[id]; it != nil && it.timer != nil {
-		it.timer.Stop()
-	}
 	q.dropLocked(id)
 }
 
@@ -338,6 +395,9 @@ func (r *Relay) deliverQueued(ctx context.Context, id string) (time.Time, bool) 
 	}
 	if st.Held {
 		return time.Time{}, true
+	}
+	if dest, deadline, ok := r.cohortOf(msg.Envelope, &st); ok && r.queue.park(id, dest, deadline) {
+		return time.Time{}, true // waits with its destination's cohort: nothing written, nothing logged
 	}
 
 	st.Attempts++

@@ -25,6 +25,9 @@ type QueueEntry struct {
 	Bounce      bool      `json:"is_bounce,omitempty"`
 	// Recipients is where each recipient stands, in envelope order.
 	Recipients []RecipientEntry `json:"recipients"`
+	// WaitingFor names the suspended destination the message waits for
+	// without being tried (a listing from the running relay only).
+	WaitingFor string `json:"waiting_for,omitempty"`
 }
 
 // RecipientEntry is one recipient of a queued message: its status and,

@@ -62,6 +62,8 @@ type Relay struct {
 	metricsSrv   *http.Server
 	metricsAddr  net.Addr
 	stopping     atomic.Bool
+	// recoverErr is why the queue could not be recovered, if it could not.
+	recoverErr atomic.Pointer[error]
 
 	served  chan error // Serve's result, per listener
 	unlock  func()     // releases the spool lock
@@ -136,14 +138,20 @@ func (r *Relay) Offline() (release func(), err error) {
 		unlock()
 		return nil, err
 	}
+	r.queue.recovered.Store(true)
 	return unlock, nil
 }
 
 // Config returns the configuration in force.
 func (r *Relay) Config() *config.Config { return r.cfg.Load() }
 
-// Start listens on the configured address, recovers the spool and starts
-// the delivery workers. It returns once the relay accepts connections.
+// Start recovers the spool, listens on the configured address and starts
+// the delivery workers. It returns once the relay accepts connections. The
+// spool is made consistent first (a journal damaged by a crash is read
+// and salvaged, messages never acknowledged are removed), so that the
+// listener only accepts connections it greets at once; the queue then
+// learns the spooled messages in the background while mail is accepted and
+// delivered, and /readyz and the log say when that is complete.
 func (r *Relay) Start() (err error) {
 	cfg := r.Config()
 	var undo []func()
@@ -160,6 +168,10 @@ func (r *Relay) Start() (err error) {
 	}
 	r.unlock = unlock
 	undo = append(undo, unlock)
+	ids, err := r.queue.recoverSpool()
+	if err != nil {
+		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
+	}
 	// No TCP keep-alive on the front door: sessions end on their own
 	// timeouts, and keep-alive costs four setsockopt calls per connection.
 	lc := net.ListenConfig{KeepAlive: -1}
@@ -173,9 +185,6 @@ func (r *Relay) Start() (err error) {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	undo = append(undo, func() { r.control.Close() })
-	if err := r.queue.recover(); err != nil {
-		return fmt.Errorf("recover spool %s: %w", r.store.Dir(), err)
-	}
 	if cfg.Server.ImplicitTLSListen != "" {
 		if r.tlsLn, err = lc.Listen(context.Background(), "tcp", cfg.Server.ImplicitTLSListen); err != nil {
 			return fmt.Errorf("listen on %s (implicit_tls_listen): %w", cfg.Server.ImplicitTLSListen, err)
@@ -188,6 +197,7 @@ func (r *Relay) Start() (err error) {
 		}
 	}
 	r.queue.start(cfg.Queue.Workers)
+	go r.recoverQueue(ids)
 	if r.tlsLn != nil {
 		go func() {
 			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
@@ -197,8 +207,26 @@ func (r *Relay) Start() (err error) {
 		r.served <- r.server.Serve(&filterListener{Listener: ln, relay: r})
 	}()
 	r.log.Info("tlsrelay listening", "addr", ln.Addr().String(), "spool", r.store.Dir(),
-		"destinations", len(cfg.Table.Destinations()), "queued", r.queue.size())
+		"destinations", len(cfg.Table.Destinations()), "queued", len(ids))
 	return nil
+}
+
+// recoverQueue makes the queue learn the spooled messages ids while the
+// relay already serves, and says when it is done.
+func (r *Relay) recoverQueue(ids []string) {
+	start := time.Now()
+	if err := r.queue.load(ids); err != nil {
+		// The spool cannot be read (not one message's fault): the messages
+		// not loaded stay in the spool for the next start, and readiness
+		// says so.
+		r.recoverErr.Store(&err)
+		r.log.Error("cannot recover the queue; the messages not loaded stay in the spool until the next start", "error", err)
+		return
+	}
+	r.queue.recovered.Store(true)
+	if len(ids) > 0 {
+		r.log.Info("recovered queued messages", "count", len(ids), "took", time.Since(start).Round(time.Millisecond).String())
+	}
 }
 
 // Addr returns the address the relay listens on.

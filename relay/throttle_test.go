@@ -35,11 +35,22 @@ func TestThrottledUpstreamBacksOff(t *testing.T) {
 	eventually(t, 5*time.Second, "the first message throttled", func() bool {
 		return strings.Contains(tr.logs.String(), "upstream throttles; backing off")
 	})
-	// The next message is deferred without the upstream being asked.
+	// With its only upstream backing off the destination is down: the
+	// next message waits with it, without the upstream being asked.
 	submitMany(t, tr.Addr().String(), 1, 1, []string{"rcpt@example.test"})
-	eventually(t, 5*time.Second, "the second message deferred by the back-off", func() bool {
-		return strings.Contains(tr.logs.String(), "the upstream throttles; backing off")
+	eventually(t, 5*time.Second, "the second message waiting for the destination", func() bool {
+		tr.queue.mu.Lock()
+		defer tr.queue.mu.Unlock()
+		for _, it := range tr.queue.items {
+			if it.parked == "example.test" {
+				return true
+			}
+		}
+		return false
 	})
+	if !strings.Contains(tr.logs.String(), "destination down") {
+		t.Errorf("the log does not say the destination is down:\n%s", tr.logs.String())
+	}
 	if n := refusals.Load(); n != 1 {
 		t.Errorf("the upstream was asked %d times while it was backed off, want 1", n)
 	}

@@ -24,24 +24,20 @@ import (
 // an upstream that only now and then completes a transaction (overloaded,
 // half up) must not draw the whole backlog onto itself at every success.
 
-// An upstream (one hop of a destination) whose connection attempts time
-// out is also suspended for retry_min: an attempt skips it at once with
-// the same verdict — to the destination's next hop, or, when it was the
-// last, deferring the message — instead of each tying up a worker for up
-// to connect_timeout, which would starve every other destination of
-// workers (one blackholed server, 16 workers, 30 s each). When the time
-// is up, one attempt probes it while the others keep skipping it; the
-// probe's result ends or renews the suspension. Suspensions are kept per
-// hop, by policy.Destination.HopName ("name host:port"): a dead primary
-// costs nothing on the next message, which goes to the secondary at once. Only slow connect failures suspend: a refused connection, a
-// TLS or a login verdict comes back within a round trip, so trying again
-// costs little and shows a fix at once.
-
-// slowConnect is how long a failed connect must have taken to suspend its
-// destination: a refusal comes back at once, a timeout (a blackholed
-// address, a filtered port, a server that accepts and never greets) takes
-// at least this long.
-const slowConnect = time.Second
+// An upstream (one hop of a destination) that fails as a destination's
+// upstream — a refused or timed-out connection, a TLS or a login verdict —
+// is suspended for retry_min: an attempt skips it at once with the same
+// verdict, to the destination's next hop, or, when it was the last,
+// deferring the message. A timeout would otherwise tie up a worker for up
+// to connect_timeout per message and starve every other destination, and
+// with a large backlog even quick refusals would cost a connection, a
+// state write and log lines per message per retry. When the time is up,
+// one attempt probes it while the others keep skipping it; the probe's
+// result ends or renews the suspension. Suspensions are kept per hop, by
+// policy.Destination.HopName ("name host:port"): a dead primary costs
+// nothing on the next message, which goes to the secondary at once. When
+// every hop of a destination is suspended, its mail waits as a cohort
+// (cohort.go).
 
 // An upstream that throttles (see throttleOf) is backed off the same way,
 // as a whole: for the time its reply names, else for retry_min, doubling
@@ -89,21 +85,24 @@ func (q *queue) suspended(hop string) *policy.Failure {
 	return nil
 }
 
-// tried records the result of an attempt to hop (a HopName) that took so
-// long: a slow connect failure suspends it (again), anything else ends
-// its suspension.
-func (q *queue) tried(hop string, f *policy.Failure, took time.Duration) {
-	if f != nil && f.Class == policy.Connect && took >= slowConnect {
-		until := q.r.now().Add(q.r.Config().Queue.RetryMin.Duration)
+// tried records the result of an attempt through hop: a failure of the
+// destination itself (waitsForDestination: no connection, a TLS or a login
+// verdict) suspends the hop (again), anything else ends its suspension.
+// The destination's cohort is told (cohort.go).
+func (q *queue) tried(hop *policy.Destination, f *policy.Failure) {
+	key := hop.HopName()
+	if f != nil && waitsForDestination(f.Class) {
+		until := q.r.now().Add(probeAfter(q.r.Config()))
 		q.mu.Lock()
 		defer q.mu.Unlock()
 		if q.down == nil {
 			q.down = map[string]downDest{}
 		}
-		if _, ok := q.down[hop]; !ok {
+		if _, ok := q.down[key]; !ok {
 			q.ndown.Add(1)
 		}
-		q.down[hop] = downDest{until: until, failure: f}
+		q.down[key] = downDest{until: until, failure: f}
+		q.hopDownLocked(hop.Parent(), f)
 		return
 	}
 	if q.ndown.Load() == 0 {
@@ -111,23 +110,25 @@ func (q *queue) tried(hop string, f *policy.Failure, took time.Duration) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if _, ok := q.down[hop]; ok {
-		delete(q.down, hop)
+	if _, ok := q.down[key]; ok {
+		delete(q.down, key)
 		q.ndown.Add(-1)
 	}
+	q.cameBackLocked(hop.Parent().Name())
 }
 
 // throttle backs hop off after it throttled (f): until the time named
 // (when named > 0), else for retry_min doubled per throttle in a row, at
 // most retry_max. It returns until when.
-func (q *queue) throttle(hop string, f *policy.Failure, named time.Duration) time.Time {
+func (q *queue) throttle(hop *policy.Destination, f *policy.Failure, named time.Duration) time.Time {
+	key := hop.HopName()
 	cfg := q.r.Config().Queue
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.down == nil {
 		q.down = map[string]downDest{}
 	}
-	d, ok := q.down[hop]
+	d, ok := q.down[key]
 	if !ok {
 		q.ndown.Add(1)
 	}
@@ -141,7 +142,8 @@ func (q *queue) throttle(hop string, f *policy.Failure, named time.Duration) tim
 		wait = min(wait, cfg.RetryMax.Duration)
 	}
 	until := q.r.now().Add(wait)
-	q.down[hop] = downDest{until: until, failure: f, throttles: n}
+	q.down[key] = downDest{until: until, failure: f, throttles: n}
+	q.hopDownLocked(hop.Parent(), f)
 	return until
 }
 
@@ -152,6 +154,7 @@ func (q *queue) resume() {
 	defer q.mu.Unlock()
 	q.ndown.Add(-int64(len(q.down)))
 	q.down = nil
+	q.resumeCohortsLocked()
 }
 
 // waitsForDestination reports whether a failure of this class is the
@@ -165,6 +168,10 @@ func waitsForDestination(c policy.Class) bool {
 func (q *queue) waitFor(id, dest string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.waitForLocked(id, dest)
+}
+
+func (q *queue) waitForLocked(id, dest string) {
 	it := q.items[id]
 	if it == nil || slices.Contains(it.waitsOn, dest) {
 		return
@@ -214,10 +221,6 @@ func (q *queue) destinationUp(dest, self string) int {
 		if it == nil {
 			continue
 		}
-		if it.timer != nil {
-			it.timer.Stop()
-			it.timer = nil
-		}
 		q.makeReadyLocked(it)
 		n++
 	}
@@ -241,6 +244,8 @@ func (q *queue) unwaitLocked(id, dest string) {
 // dropLocked forgets id entirely, including what it waits for.
 func (q *queue) dropLocked(id string) {
 	if it := q.items[id]; it != nil {
+		q.unscheduleLocked(it)
+		q.unparkLocked(it)
 		for _, dest := range slices.Clone(it.waitsOn) {
 			q.unwaitLocked(id, dest)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"tlsrelay/relay/config"
 	"tlsrelay/relay/sink"
 )
 
@@ -22,11 +23,21 @@ func slowRetries(spool string) string {
 	return strings.Replace(cfg, `retry_max = "200ms"`, `retry_max = "2h"`, 1)
 }
 
-// TestWaitingMailGoesWhenTheDestinationWorksAgain: messages deferred
-// because the upstream could not be reached go as soon as a transaction
-// with it completes again, not after their backoff; a message the upstream
-// itself deferred with a 4xx keeps its backoff.
+// quickProbes makes a suspended destination probed after d instead of
+// retry_min, for the rest of the test: the tests keep an hour's backoff, so
+// that a message that goes went because its destination came back.
+func quickProbes(t *testing.T, d time.Duration) {
+	old := probeAfter
+	probeAfter = func(*config.Config) time.Duration { return d }
+	t.Cleanup(func() { probeAfter = old })
+}
+
+// TestWaitingMailGoesWhenTheDestinationWorksAgain: messages waiting because
+// the upstream could not be reached go as soon as a probe shows it works
+// again, not after their backoff; a message the upstream itself deferred
+// with a 4xx keeps its backoff.
 func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
+	quickProbes(t, 300*time.Millisecond)
 	p := newPKI(t, "Test CA")
 	addr := freePort(t)
 	tr := startRelay(t, slowRetries(t.TempDir())+destination("example.test", addr, p.caFile, "mx.example.test"))
@@ -36,8 +47,8 @@ func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
 			t.Fatalf("submit %d: %v", i, err)
 		}
 	}
-	eventually(t, 10*time.Second, "three deferrals", func() bool {
-		return strings.Count(tr.logs.String(), "message deferred") >= 3
+	eventually(t, 10*time.Second, "the destination down", func() bool {
+		return strings.Contains(tr.logs.String(), "destination down")
 	})
 
 	var greylisted atomic.Int64
@@ -49,34 +60,28 @@ func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
 			}
 			return nil
 		}})
-	// The upstream is back, but nothing has shown it yet: the waiting
-	// messages stay put, and so does one the upstream defers with a 4xx.
+	// The next probe finds the upstream back: every waiting message goes,
+	// although the one that was tried has an hour's backoff.
+	if !up.Wait(3, 10*time.Second) {
+		t.Fatalf("the upstream works again, yet only %d of the 3 waiting messages went", up.Count())
+	}
+	eventually(t, 5*time.Second, "the destination back", func() bool {
+		return strings.Contains(tr.logs.String(), "destination back")
+	})
+
+	// A 4xx from the upstream concerns the message, not the destination:
+	// it keeps its backoff, and later successes do not retry it early.
 	if _, err := submit(tr.Addr().String(), "grey@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
 		t.Fatalf("submit: %v", err)
 	}
 	eventually(t, 10*time.Second, "the upstream's 4xx to the greylisted sender", func() bool { return greylisted.Load() == 1 })
-	time.Sleep(300 * time.Millisecond)
-	if n := up.Count(); n != 0 {
-		t.Fatalf("%d messages went before any transaction completed; their backoff is an hour", n)
-	}
-
-	// The first transaction that completes shows the destination works.
-	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
-		t.Fatalf("submit: %v", err)
-	}
-	if !up.Wait(4, 10*time.Second) {
-		t.Fatalf("the upstream works again, yet only %d of the new and the 3 waiting messages went", up.Count())
-	}
-	if !strings.Contains(tr.logs.String(), "messages=3") || !strings.Contains(tr.logs.String(), "destination works again") {
-		t.Error("no log line says the waiting messages were released")
-	}
-
-	// Further successes must not retry the greylisted message early.
-	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
-		t.Fatalf("submit: %v", err)
+	for i := 0; i < 2; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatalf("submit: %v", err)
+		}
 	}
 	if !up.Wait(5, 10*time.Second) {
-		t.Fatal("a new message was not delivered")
+		t.Fatal("new messages were not delivered")
 	}
 	time.Sleep(300 * time.Millisecond)
 	if n := greylisted.Load(); n != 1 {
@@ -85,74 +90,115 @@ func TestWaitingMailGoesWhenTheDestinationWorksAgain(t *testing.T) {
 	if n := tr.QueueSize(); n != 1 {
 		t.Errorf("queue holds %d messages, want only the greylisted one", n)
 	}
-
-	// A destination releases its backlog at most once per retry_min: the
-	// upstream goes away and comes back within the hour, and messages that
-	// waited meanwhile keep their backoff.
-	up.Close()
-	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
-		t.Fatalf("submit: %v", err)
-	}
-	eventually(t, 10*time.Second, "a fourth failed connect attempt", func() bool {
-		return strings.Count(tr.logs.String(), "failure=connect") >= 4
-	})
-	again := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
-	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
-		t.Fatalf("submit: %v", err)
-	}
-	if !again.Wait(1, 10*time.Second) {
-		t.Fatal("a new message was not delivered")
-	}
-	time.Sleep(300 * time.Millisecond)
-	if n := again.Count(); n != 1 {
-		t.Errorf("%d messages went; the one waiting since the second outage should keep its backoff, as the backlog was released less than retry_min ago", n)
+	if n := strings.Count(tr.logs.String(), "destination down"); n != 1 {
+		t.Errorf("%d lines say the destination is down, want 1", n)
 	}
 }
 
-// TestWaitingIsRecoveredAfterRestart: what a message waits for is read
-// back from its queue state, so a restart does not turn "goes when the
-// upstream works" into "goes in an hour". The failure here is a TLS one:
-// the upstream's certificate names another host until it is replaced.
-func TestWaitingIsRecoveredAfterRestart(t *testing.T) {
-	p := newPKI(t, "Test CA")
-	addr := freePort(t)
-	spool := t.TempDir()
-	cfg := slowRetries(spool) + destination("example.test", addr, p.caFile, "mx.example.test")
+// TestDownDestinationIsProbedNotHammered: while a destination fails, its
+// mail is not tried message by message: one probe per suspension, the
+// rest waits without an attempt, a state file or a log line of its own;
+// one line says it went down, a periodic summary says how much waits, one
+// line says it came back, and then everything goes.
+func TestDownDestinationIsProbedNotHammered(t *testing.T) {
+	const probe = 250 * time.Millisecond
+	quickProbes(t, probe)
+	old := summaryEvery
+	summaryEvery = 200 * time.Millisecond
+	t.Cleanup(func() { summaryEvery = old })
 
-	wrong, err := sink.Start(sink.Options{Addr: addr, Cert: p.leaf(t, "other.example.test").TLSCertificate()})
+	// The upstream accepts connections and closes them at once: every
+	// attempt is counted, and each fails fast as connect.
+	closer, err := sink.StartRaw(func(c *sink.RawConn) { c.Close() })
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := startRelay(t, cfg)
-	for i := 0; i < 2; i++ {
-		if _, err := submit(first.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+	addr := closer.Addr()
+	p := newPKI(t, "Test CA")
+	spoolDir := t.TempDir()
+	tr := startRelay(t, slowRetries(spoolDir)+destination("example.test", addr, p.caFile, "mx.example.test"))
+
+	const n = 40
+	begin := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{fmt.Sprintf("r%d@example.test", i)}, testBody); err != nil {
 			t.Fatalf("submit %d: %v", i, err)
 		}
 	}
-	eventually(t, 10*time.Second, "two hostname_mismatch verdicts", func() bool {
-		return strings.Count(first.logs.String(), "tls_failure=hostname_mismatch") >= 2
+	time.Sleep(4 * probe)
+	eventually(t, 10*time.Second, "a summary of the waiting mail", func() bool {
+		return strings.Contains(tr.logs.String(), fmt.Sprintf("destination still down: mail waits for it\" destination=example.test waiting=%d", n))
 	})
-	first.stop()
-	wrong.Close()
+	attempts := closer.Accepted()
+	elapsed := time.Since(begin)
+	// The workers (4) may all be trying before the first failure is in;
+	// after that, one probe per suspension.
+	if limit := 4 + int(elapsed/probe) + 1; attempts > limit {
+		t.Errorf("%d connection attempts in %v for %d messages; a down destination should be probed (at most %d), not tried per message", attempts, elapsed.Round(time.Millisecond), n, limit)
+	}
+	logs := tr.logs.String()
+	if got := strings.Count(logs, "destination down"); got != 1 {
+		t.Errorf("%d lines say the destination went down, want 1", got)
+	}
+	if got := strings.Count(logs, "message deferred"); got > attempts {
+		t.Errorf("%d deferral lines for %d attempts: mail that was not tried logged a line of its own", got, attempts)
+	}
+	states, _ := os.ReadDir(filepath.Join(spoolDir, "state"))
+	if len(states) > attempts {
+		t.Errorf("%d state files for %d attempts: mail that was not tried was written", len(states), attempts)
+	}
+	if tr.QueueSize() != n {
+		t.Fatalf("queue holds %d, want %d", tr.QueueSize(), n)
+	}
+	if v := downSince(t, tr); len(v) != 1 || v[0] < float64(begin.Unix()) {
+		t.Errorf("tlsrelay_destination_down_since_timestamp_seconds = %v while the destination is down", v)
+	}
 
+	closer.Close()
 	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
-	second := startRelay(t, cfg)
-	time.Sleep(300 * time.Millisecond)
-	if n := up.Count(); n != 0 {
-		t.Fatalf("%d messages went at restart; their backoff is an hour", n)
+	if !up.Wait(n, 10*time.Second) {
+		t.Fatalf("the upstream is back, yet only %d of %d went", up.Count(), n)
 	}
-	if _, err := submit(second.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
-		t.Fatalf("submit: %v", err)
+	eventually(t, 5*time.Second, "the queue empty", func() bool { return tr.QueueSize() == 0 })
+	logs = tr.logs.String()
+	if got := strings.Count(logs, "destination back"); got != 1 {
+		t.Errorf("%d lines say the destination came back, want 1", got)
 	}
-	if !up.Wait(3, 10*time.Second) {
-		t.Fatalf("after a restart, %d of 3 messages went once the upstream's certificate was fixed", up.Count())
+	if len(up.Messages()) != n {
+		t.Errorf("the upstream got %d messages, want each of %d once", len(up.Messages()), n)
 	}
+	if v := downSince(t, tr); len(v) != 0 {
+		t.Errorf("down-since series %v once the destination is back, want none", v)
+	}
+}
+
+// TestParkedMailIsStillBounced: mail waiting with a down destination's
+// cohort is not forgotten by its deadlines: at max_age it bounces.
+func TestParkedMailIsStillBounced(t *testing.T) {
+	quickProbes(t, time.Hour)
+	p := newPKI(t, "Test CA")
+	senderMX := startSink(t, sink.Options{Cert: p.leaf(t, "mx.sender.test").TLSCertificate()})
+	cfg := strings.Replace(baseConfig(t.TempDir()), `max_age = "1h"`, `max_age = "1s"`, 1) +
+		destination("example.test", freePort(t), p.caFile, "mx.example.test") +
+		destination("sender.test", senderMX.Addr(), p.caFile, "mx.sender.test")
+	tr := startRelay(t, cfg)
+	const n = 5
+	for i := 0; i < n; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !senderMX.Wait(n, 10*time.Second) {
+		t.Fatalf("%d of %d DSNs reached the sender", senderMX.Count(), n)
+	}
+	eventually(t, 5*time.Second, "queue empty", func() bool { return tr.QueueSize() == 0 })
 }
 
 // TestOwnSuccessDoesNotUseUpTheRelease: a waiting message that goes by
 // itself (here an operator's retry) releases nobody, so it must not count
 // as the destination's one release per retry_min either.
 func TestOwnSuccessDoesNotUseUpTheRelease(t *testing.T) {
+	quickProbes(t, 300*time.Millisecond)
 	p := newPKI(t, "Test CA")
 	addr := freePort(t)
 	tr := startRelay(t, slowRetries(t.TempDir())+destination("example.test", addr, p.caFile, "mx.example.test"))
@@ -266,14 +312,12 @@ func TestBlackholedDestinationDoesNotStarveOthers(t *testing.T) {
 	if !up.Wait(1, 20*time.Second) {
 		t.Fatal("the message to the working destination was not delivered")
 	}
-	eventually(t, 20*time.Second, "every message to the dead destination deferred", func() bool {
-		return strings.Count(tr.logs.String(), "message deferred") >= dead
+	eventually(t, 20*time.Second, "the dead destination down, its mail waiting", func() bool {
+		return strings.Contains(tr.logs.String(), "destination down") && tr.QueueSize() == dead
 	})
+	time.Sleep(200 * time.Millisecond)
 	if n := accepted(); n > 2 {
 		t.Errorf("the dead destination was tried %d times for %d messages; after the first timeouts (one per worker) it should be suspended", n, dead)
-	}
-	if !strings.Contains(tr.logs.String(), "not tried again until") {
-		t.Error("no deferral says the destination was suspended")
 	}
 
 	// An operator's retry means a real attempt: it lifts the suspension.
@@ -282,4 +326,61 @@ func TestBlackholedDestinationDoesNotStarveOthers(t *testing.T) {
 		t.Fatalf("retry -all: %s", res.Error)
 	}
 	eventually(t, 10*time.Second, "a real attempt after the operator's retry", func() bool { return accepted() > before })
+}
+
+// downSince gathers tlsrelay_destination_down_since_timestamp_seconds.
+func downSince(t *testing.T, tr *testRelay) []float64 {
+	t.Helper()
+	families, err := tr.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []float64
+	for _, f := range families {
+		if f.GetName() == "tlsrelay_destination_down_since_timestamp_seconds" {
+			for _, m := range f.GetMetric() {
+				out = append(out, m.GetGauge().GetValue())
+			}
+		}
+	}
+	return out
+}
+
+// TestDownDestinationWithTwoUpstreams: a destination is down only when
+// every one of its upstreams is suspended; then its mail waits as a
+// cohort, and each upstream is probed, not tried per message.
+func TestDownDestinationWithTwoUpstreams(t *testing.T) {
+	const probe = 250 * time.Millisecond
+	quickProbes(t, probe)
+	var closers []*sink.Raw
+	for range 2 {
+		c, err := sink.StartRaw(func(c *sink.RawConn) { c.Close() })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		closers = append(closers, c)
+	}
+	p := newPKI(t, "Test CA")
+	hops := fmt.Sprintf("upstream = [%q, %q]", closers[0].Addr(), closers[1].Addr())
+	dest := strings.Replace(destination("example.test", "x", p.caFile, "mx.example.test"), `upstream = "x"`, hops, 1)
+	tr := startRelay(t, slowRetries(t.TempDir())+dest)
+
+	const n = 30
+	begin := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := submit(tr.Addr().String(), "app@sender.test", []string{fmt.Sprintf("r%d@example.test", i)}, testBody); err != nil {
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	time.Sleep(4 * probe)
+	elapsed := time.Since(begin)
+	for i, c := range closers {
+		if limit := 4 + int(elapsed/probe) + 1; c.Accepted() > limit {
+			t.Errorf("upstream %d got %d connections in %v for %d messages; want at most %d (probed, not tried per message)", i+1, c.Accepted(), elapsed.Round(time.Millisecond), n, limit)
+		}
+	}
+	if got := strings.Count(tr.logs.String(), "destination down"); got != 1 {
+		t.Errorf("%d lines say the destination went down, want 1:\n%s", got, tr.logs.String())
+	}
 }

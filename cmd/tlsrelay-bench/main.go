@@ -25,6 +25,11 @@ const usage = `tlsrelay-bench: load tests for tlsrelay (loopback only)
         the whole comparison in one run: every case against the sink alone,
         tlsrelay (PATH is a built tlsrelay binary) and, if SCRIPT is given and
         works, a throwaway Postfix; prints ratios
+  tlsrelay-bench backlog -relay PATH [-sizes 10000,50000,200000] [-retry 1s/2s] [-markdown FILE]
+        a long outage at each size: intake while the upstream is down (connection
+        attempts to it counted), the relay's RSS and spool, queue list, a restart
+        with everything queued (until the 220 greeting, until /readyz), then the
+        upstream comes back and the drain rate; a table with the growth
 `
 
 func main() {
@@ -40,6 +45,8 @@ func main() {
 		err = cmdLoad(os.Args[2:])
 	case "compare":
 		err = cmdCompare(os.Args[2:])
+	case "backlog":
+		err = cmdBacklog(os.Args[2:])
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

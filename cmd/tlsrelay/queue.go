@@ -49,6 +49,26 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitUsage
 	}
+	if op == "list" {
+		// A running relay lists its queue itself, streamed over its control
+		// socket: this command then holds one message at a time and never
+		// reads the spool.
+		now := time.Now()
+		err := writeQueueList(stdout, func(fn func(relay.QueueEntry) error) error {
+			return relay.StreamQueue(cfg.Queue.Dir, fn)
+		}, now, *asJSON)
+		if errors.Is(err, relay.ErrNoRelay) {
+			var store *spool.Store
+			if store, err = spool.Open(cfg.Queue.Dir); err == nil {
+				err = listQueue(stdout, store, now, *asJSON)
+			}
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "tlsrelay queue:", err)
+			return 1
+		}
+		return 0
+	}
 	store, err := spool.Open(cfg.Queue.Dir)
 	if err != nil {
 		fmt.Fprintln(stderr, "tlsrelay queue:", err)
@@ -56,12 +76,6 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 
 	switch op {
-	case "list":
-		if err := listQueue(stdout, store, time.Now(), *asJSON); err != nil {
-			fmt.Fprintln(stderr, "tlsrelay queue:", err)
-			return 1
-		}
-		return 0
 	case "show":
 		if len(rest) != 1 {
 			fmt.Fprintln(stderr, "tlsrelay queue show: give one queue id")

@@ -18,10 +18,17 @@ import (
 // as the spool is read, one message at a time, so a queue of any length
 // is listed in little memory.
 func listQueue(w io.Writer, store *spool.Store, now time.Time, asJSON bool) error {
-	bw := bufio.NewWriter(w)
+	return writeQueueList(w, func(fn func(relay.QueueEntry) error) error { return relay.WalkQueue(store, now, fn) }, now, asJSON)
+}
+
+// writeQueueList writes the listing of the messages walk yields, as they
+// come, through one buffer: the output is written in large pieces, and
+// the walk stops when it cannot be written (stdout gone).
+func writeQueueList(w io.Writer, walk func(func(relay.QueueEntry) error) error, now time.Time, asJSON bool) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
 	var messages, pending int
 	var bytes int64
-	err := relay.WalkQueue(store, now, func(e relay.QueueEntry) error {
+	err := walk(func(e relay.QueueEntry) error {
 		if asJSON {
 			b, err := json.MarshalIndent(e, "  ", "  ")
 			if err != nil {
@@ -38,7 +45,10 @@ func listQueue(w io.Writer, store *spool.Store, now time.Time, asJSON bool) erro
 		messages++
 		pending += len(e.Pending)
 		bytes += e.Size
-		return bw.Flush() // stops the walk when stdout is gone
+		if bw.Buffered() >= 48<<10 {
+			return bw.Flush() // stops the walk when stdout is gone
+		}
+		return nil
 	})
 	if err != nil {
 		return err
@@ -110,6 +120,8 @@ func queueState(e relay.QueueEntry, now time.Time) string {
 	switch {
 	case e.Held:
 		return "held (" + attempts + "; release it to deliver)"
+	case e.WaitingFor != "":
+		return "waiting for " + printable(e.WaitingFor, 0) + ", which is down: not tried until its probe succeeds (" + attempts + ")"
 	case e.Attempts == 0:
 		return "new (not attempted yet)"
 	case e.NextAttempt.After(now):

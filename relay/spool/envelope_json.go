@@ -1,6 +1,8 @@
 package spool
 
 import (
+	"bytes"
+	"encoding/json"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -115,4 +117,112 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// decodeEnvelope decodes an encoded envelope. The form appendJSON writes
+// (fields in its order, strings without escapes) is read directly, about
+// ten times faster than encoding/json, which matters when hundreds of
+// thousands of queued messages are opened or listed; anything else —
+// escapes, another field order, another writer — goes to encoding/json,
+// which stays the definition.
+func decodeEnvelope(b []byte, env *Envelope) error {
+	if fastDecodeEnvelope(b, env) {
+		return nil
+	}
+	*env = Envelope{}
+	return json.Unmarshal(b, env)
+}
+
+// fastDecodeEnvelope reads appendJSON's exact form; false means "not that
+// form" (env is then garbage), never a verdict on the input.
+func fastDecodeEnvelope(b []byte, env *Envelope) bool {
+	*env = Envelope{}
+	d := fastDecoder{b: b}
+	if !d.lit(`{"id":`) || !d.str(&env.ID) || !d.lit(`,"from":`) || !d.str(&env.From) || !d.lit(`,"rcpt":`) {
+		return false
+	}
+	if d.lit("null") {
+		env.Recipients = nil
+	} else {
+		if !d.lit("[") {
+			return false
+		}
+		env.Recipients = []string{}
+		for !d.lit("]") {
+			if len(env.Recipients) > 0 && !d.lit(",") {
+				return false
+			}
+			var r string
+			if !d.str(&r) {
+				return false
+			}
+			env.Recipients = append(env.Recipients, r)
+		}
+	}
+	var received string
+	if !d.lit(`,"received":`) || !d.str(&received) {
+		return false
+	}
+	t, err := time.Parse(time.RFC3339Nano, received)
+	if err != nil {
+		return false
+	}
+	env.Received = t
+	if d.lit(`,"client":`) && !d.str(&env.Client) {
+		return false
+	}
+	if d.lit(`,"helo":`) && !d.str(&env.Helo) {
+		return false
+	}
+	env.Bounce = d.lit(`,"bounce":true`)
+	env.UTF8 = d.lit(`,"smtputf8":true`)
+	if d.lit(`,"prepend":`) && !d.str(&env.Prepend) {
+		return false
+	}
+	if !d.lit(`,"size":`) {
+		return false
+	}
+	end := bytes.IndexByte(d.b, '}')
+	if end < 0 || end != len(d.b)-1 {
+		return false
+	}
+	n, err := strconv.ParseInt(string(d.b[:end]), 10, 64)
+	if err != nil {
+		return false
+	}
+	env.Size = n
+	return true
+}
+
+type fastDecoder struct{ b []byte }
+
+// lit consumes s if the input starts with it.
+func (d *fastDecoder) lit(s string) bool {
+	if len(d.b) < len(s) || string(d.b[:len(s)]) != s {
+		return false
+	}
+	d.b = d.b[len(s):]
+	return true
+}
+
+// str consumes a JSON string without escapes or control characters, all
+// valid UTF-8 (what appendJSONString writes for such a value).
+func (d *fastDecoder) str(out *string) bool {
+	if len(d.b) == 0 || d.b[0] != '"' {
+		return false
+	}
+	for i := 1; i < len(d.b); i++ {
+		switch c := d.b[i]; {
+		case c == '"':
+			if !utf8.Valid(d.b[1:i]) {
+				return false
+			}
+			*out = string(d.b[1:i])
+			d.b = d.b[i+1:]
+			return true
+		case c == '\\' || c < 0x20:
+			return false
+		}
+	}
+	return false
 }

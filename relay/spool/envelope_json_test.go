@@ -3,6 +3,7 @@ package spool
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -16,6 +17,39 @@ func checkEnvelopeJSON(t *testing.T, env Envelope) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("appendJSON differs from encoding/json:\n got %s\nwant %s", got, want)
+	}
+	if err != nil {
+		return
+	}
+	// Decoding gives what encoding/json gives, by the fast path or not.
+	var viaJSON, decoded Envelope
+	jerr := json.Unmarshal(got, &viaJSON)
+	derr := decodeEnvelope(got, &decoded)
+	if (jerr != nil) != (derr != nil) || !reflect.DeepEqual(viaJSON, decoded) {
+		t.Fatalf("decodeEnvelope(%s) = %+v, %v; encoding/json: %+v, %v", got, decoded, derr, viaJSON, jerr)
+	}
+}
+
+// TestEnvelopeDecodeFastPath: what appendJSON writes for a plain envelope
+// is read by the fast path, and a field order of another writer is still
+// read (by encoding/json).
+func TestEnvelopeDecodeFastPath(t *testing.T) {
+	env := Envelope{ID: "1a202ab1f68g475so2c5drsvmdz", From: "app@sender.test", Recipients: []string{"a@example.test"},
+		Received: time.Date(2026, 11, 22, 10, 0, 0, 123456789, time.UTC), Client: "127.0.0.1:4242", Helo: "legacy.app", Size: 1024}
+	b, _ := env.appendJSON(nil)
+	var got Envelope
+	if !fastDecodeEnvelope(b, &got) || !reflect.DeepEqual(got, env) {
+		t.Fatalf("fast path: %+v", got)
+	}
+	other := []byte(`{"size":1024,"rcpt":["a@example.test"],"id":"1a202ab1f68g475so2c5drsvmdz","from":"app@sender.test","received":"2026-11-22T10:00:00.123456789Z","client":"127.0.0.1:4242","helo":"legacy.app"}`)
+	if fastDecodeEnvelope(other, &got) {
+		t.Fatal("the fast path took another field order")
+	}
+	if err := decodeEnvelope(other, &got); err != nil || !reflect.DeepEqual(got, env) {
+		t.Fatalf("another field order: %+v, %v", got, err)
+	}
+	if id, _, ok := payloadID(append(append(other, '\n'), make([]byte, 1024)...)); !ok || id != env.ID {
+		t.Fatalf("payloadID of another field order: %q %v", id, ok)
 	}
 }
 

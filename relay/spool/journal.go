@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -79,16 +78,35 @@ type segment struct {
 	unreadable int64
 }
 
-// jmsg is where a live message of the journal is.
+// jmsg is where a live message of the journal is. Its envelope is not
+// kept in memory: it is read from the segment and decoded when the
+// message is opened, so that a journal of hundreds of thousands of
+// waiting messages costs little memory and little time to load.
 type jmsg struct {
 	seg     *segment
-	env     Envelope
-	bodyOff int64
+	envOff  int64 // where the JSON envelope starts in seg
+	bodyOff int64 // where the body starts in seg
+	size    int64 // the body's length
+}
+
+// envelope reads and decodes the message's envelope from its segment.
+func (m *jmsg) envelope(id string) (Envelope, error) {
+	buf := make([]byte, m.bodyOff-m.envOff)
+	if _, err := m.seg.f.ReadAt(buf, m.envOff); err != nil {
+		return Envelope{}, err
+	}
+	var env Envelope
+	if len(buf) < 2 || buf[len(buf)-1] != '\n' || decodeEnvelope(buf[:len(buf)-1], &env) != nil ||
+		env.ID != id || env.Size != m.size || len(env.Recipients) == 0 {
+		return env, fmt.Errorf("%w: journal record of %s does not decode", ErrCorrupt, id)
+	}
+	return env, nil
 }
 
 type jreq struct {
 	rec     []byte
 	durable bool
+	id      string
 	msg     *jmsg // for a message record: indexed once written
 	done    bool
 	err     error
@@ -101,9 +119,9 @@ type journal struct {
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	segs    []*segment // oldest first
-	cur     *segment   // where appends go; nil until the first
-	index   map[string]*jmsg
+	segs    []*segment      // oldest first
+	cur     *segment        // where appends go; nil until the first
+	index   map[string]jmsg // by value: one object fewer per message for the collector
 	queue   []*jreq
 	writing bool
 	nextSeq uint64
@@ -123,7 +141,7 @@ func openJournal(dir string, skip func(string) bool) (*journal, error) {
 	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]*jmsg{}, skip: skip, arrived: make(chan struct{}, 1)}
+	j := &journal{dir: dir, dirSync: newDirSyncer(dir), index: map[string]jmsg{}, skip: skip, arrived: make(chan struct{}, 1)}
 	j.cond = sync.NewCond(&j.mu)
 	if err := j.load(); err != nil {
 		return nil, err
@@ -173,14 +191,15 @@ func (j *journal) load() error {
 func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 	switch typ {
 	case recMessage:
-		env, bodyOff, ok := decodeMessagePayload(payload)
-		if !ok || j.index[env.ID] != nil || j.skip(env.ID) {
+		id, bodyOff, ok := payloadID(payload)
+		if _, dup := j.index[id]; !ok || dup || j.skip(id) {
 			return
 		}
-		j.index[env.ID] = &jmsg{seg: seg, env: env, bodyOff: off + recordHeaderSize + bodyOff}
+		start := off + recordHeaderSize
+		j.index[id] = jmsg{seg: seg, envOff: start, bodyOff: start + bodyOff, size: int64(len(payload)) - bodyOff}
 		seg.live++
 	case recDone:
-		if m := j.index[string(payload)]; m != nil {
+		if m, ok := j.index[string(payload)]; ok {
 			m.seg.live--
 			delete(j.index, string(payload))
 		}
@@ -189,13 +208,17 @@ func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 
 // readRecords calls fn for every intact record of a segment of the given
 // size, in order, and returns how many bytes are in none. After a damaged
-// record it resumes at the next record whose checksum verifies.
+// record it resumes at the next record whose checksum verifies. The
+// segment is read through a window of a few MiB, not record by record,
+// and payload is only valid during fn (it is reused).
 func readRecords(r io.ReaderAt, size int64, fn func(typ byte, payload []byte, off int64)) (unreadable int64) {
 	var off int64
 	hdr := make([]byte, recordHeaderSize)
-	var scratch []byte
+	var scratch, payload []byte
+	w := &window{r: r, size: size}
 	for off < size {
-		if payload, ok := readRecord(r, size, off, hdr); ok {
+		if p, ok := readRecord(w, size, off, hdr, payload); ok {
+			payload = p
 			fn(hdr[4], payload, off)
 			off += recordHeaderSize + int64(len(payload))
 			continue
@@ -210,6 +233,39 @@ func readRecords(r io.ReaderAt, size int64, fn func(typ byte, payload []byte, of
 	return unreadable
 }
 
+// window is a ReaderAt over r that reads ahead in large pieces: reading a
+// journal of hundreds of thousands of small records costs a few hundred
+// system calls instead of two per record.
+type window struct {
+	r    io.ReaderAt
+	size int64
+	buf  []byte
+	base int64
+}
+
+const windowSize = 4 << 20
+
+func (w *window) ReadAt(p []byte, off int64) (int, error) {
+	if off >= w.base && off+int64(len(p)) <= w.base+int64(len(w.buf)) {
+		return copy(p, w.buf[off-w.base:]), nil
+	}
+	if len(p) > windowSize/2 {
+		return w.r.ReadAt(p, off)
+	}
+	if w.buf == nil {
+		w.buf = make([]byte, windowSize)
+	}
+	n, err := w.r.ReadAt(w.buf[:cap(w.buf)][:min(int64(windowSize), w.size-off)], off)
+	w.buf, w.base = w.buf[:n], off
+	if n < len(p) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return copy(p, w.buf), err
+	}
+	return copy(p, w.buf), nil
+}
+
 // recordLen checks the header of a record at off in hdr (already read)
 // and returns its payload length; ok is false when the header cannot
 // start a record that fits in size bytes. It bounds what a corrupt length
@@ -222,9 +278,10 @@ func recordLen(hdr []byte, off, size int64) (int64, bool) {
 	return n, n <= maxRecordPayload && n <= size-off-recordHeaderSize
 }
 
-// readRecord reads the record at off into hdr and a new payload; ok only
-// when it is whole and its checksum verifies.
-func readRecord(r io.ReaderAt, size, off int64, hdr []byte) ([]byte, bool) {
+// readRecord reads the record at off into hdr and a payload (reusing buf
+// when it is large enough); ok only when it is whole and its checksum
+// verifies.
+func readRecord(r io.ReaderAt, size, off int64, hdr, buf []byte) ([]byte, bool) {
 	if size-off < recordHeaderSize {
 		return nil, false
 	}
@@ -235,7 +292,11 @@ func readRecord(r io.ReaderAt, size, off int64, hdr []byte) ([]byte, bool) {
 	if !ok {
 		return nil, false
 	}
-	payload := make([]byte, n)
+	payload := buf[:0]
+	if int64(cap(buf)) < n {
+		payload = make([]byte, n)
+	}
+	payload = payload[:n]
 	if _, err := r.ReadAt(payload, off+recordHeaderSize); err != nil {
 		return nil, false
 	}
@@ -306,10 +367,29 @@ func resync(r io.ReaderAt, size, from int64, scratch []byte) int64 {
 	return size
 }
 
+// payloadID returns the id of a message record's payload and where its
+// body starts, without decoding the whole envelope: the encoder writes the
+// id first ({"id":"…",…}), as encoding/json did for earlier versions. A
+// payload in another form is decoded in full.
+func payloadID(p []byte) (string, int64, bool) {
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 {
+		return "", 0, false
+	}
+	const prefix = `{"id":"`
+	if rest, ok := bytes.CutPrefix(p[:i], []byte(prefix)); ok {
+		if k := bytes.IndexByte(rest, '"'); k > 0 && validID(string(rest[:k])) && k+1 < len(rest) && rest[k+1] == ',' {
+			return string(rest[:k]), int64(i + 1), true
+		}
+	}
+	env, bodyOff, ok := decodeMessagePayload(p)
+	return env.ID, bodyOff, ok
+}
+
 func decodeMessagePayload(p []byte) (Envelope, int64, bool) {
 	var env Envelope
 	i := bytes.IndexByte(p, '\n')
-	if i < 0 || json.Unmarshal(p[:i], &env) != nil || !validID(env.ID) || len(env.Recipients) == 0 ||
+	if i < 0 || decodeEnvelope(p[:i], &env) != nil || !validID(env.ID) || len(env.Recipients) == 0 ||
 		env.Size != int64(len(p)-i-1) {
 		return env, 0, false
 	}
@@ -343,9 +423,9 @@ func (j *journal) commitMessage(env Envelope, body []byte) error {
 	if len(hdr)+1+len(body) > maxRecordPayload { // Pending keeps bodies below journalMaxMessage
 		return fmt.Errorf("spool: journal record of %d bytes exceeds the reader's limit", len(hdr)+1+len(body))
 	}
-	m := &jmsg{env: env}
-	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, msg: m}
-	m.bodyOff = recordHeaderSize + int64(len(hdr)) + 1 // made absolute by the writer
+	// Offsets within the record, made absolute by the writer.
+	m := &jmsg{envOff: recordHeaderSize, bodyOff: recordHeaderSize + int64(len(hdr)) + 1, size: int64(len(body))}
+	req := &jreq{rec: encodeRecord(recMessage, hdr, []byte{'\n'}, body), durable: true, id: env.ID, msg: m}
 	return j.submit(req)
 }
 
@@ -353,8 +433,8 @@ func (j *journal) commitMessage(env Envelope, body []byte) error {
 // record to be durable.
 func (j *journal) done(id string) {
 	j.mu.Lock()
-	m := j.index[id]
-	if m == nil {
+	m, ok := j.index[id]
+	if !ok {
 		j.mu.Unlock()
 		return
 	}
@@ -396,7 +476,7 @@ func (j *journal) submit(req *jreq) error {
 		for _, b := range batch {
 			if err == nil && b.msg != nil {
 				b.msg.seg = seg
-				j.index[b.msg.env.ID] = b.msg
+				j.index[b.id] = *b.msg
 				seg.live++
 			}
 			b.done, b.err = true, err
@@ -490,6 +570,7 @@ func (j *journal) write(seg *segment, batch []*jreq) error {
 	durable := false
 	for _, b := range batch {
 		if b.msg != nil {
+			b.msg.envOff += seg.size + int64(len(buf))
 			b.msg.bodyOff += seg.size + int64(len(buf))
 		}
 		buf = append(buf, b.rec...)
@@ -548,7 +629,7 @@ func (j *journal) lookup(id string) (*jmsg, bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	m, ok := j.index[id]
-	return m, ok
+	return &m, ok
 }
 
 // ids lists the live messages of the journal.
@@ -587,11 +668,15 @@ func (s *Store) Spill(id string) error {
 	if !ok {
 		return nil
 	}
-	p := &Pending{store: s, env: m.env, off: int64(len(magic))}
+	env, err := m.envelope(id)
+	if err != nil {
+		return err
+	}
+	p := &Pending{store: s, env: env, off: int64(len(magic))}
 	if err := p.toFile(); err != nil {
 		return err
 	}
-	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.env.Size)); err != nil {
+	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.size)); err != nil {
 		p.Abort()
 		return fmt.Errorf("spool: spill %s: %w", id, err)
 	}

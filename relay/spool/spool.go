@@ -32,7 +32,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -176,9 +175,19 @@ func Open(dir string) (*Store, error) {
 		s.states[e.Name()] = true
 	}
 	s.msgSync = newDirSyncer(s.msgDir)
+	// A journal message that also has a file in msg/ was spilled, and
+	// its done record lost in a crash: the file wins. msg/ is listed once,
+	// not asked about each journal message.
+	var inMsg map[string]bool
 	j, err := openJournal(filepath.Join(dir, "journal"), func(id string) bool {
-		_, err := os.Stat(filepath.Join(s.msgDir, id))
-		return err == nil
+		if inMsg == nil {
+			inMsg = map[string]bool{}
+			entries, _ := os.ReadDir(s.msgDir)
+			for _, e := range entries {
+				inMsg[e.Name()] = true
+			}
+		}
+		return inMsg[id]
 	})
 	if err != nil {
 		return nil, fmt.Errorf("spool: journal: %w", err)
@@ -209,6 +218,24 @@ func NewID() string {
 	enc := base32.StdEncoding.WithPadding(base32.NoPadding)
 	return fmt.Sprintf("%x%s", time.Now().UnixMilli(), strings.ToLower(enc.EncodeToString(r[:])))
 }
+
+// IDTime returns the time encoded at the start of an id made by NewID (to
+// the millisecond); ok is false for an id of another form.
+func IDTime(id string) (time.Time, bool) {
+	const random = 16 // 10 random bytes in base32
+	if !validID(id) || len(id) <= random {
+		return time.Time{}, false
+	}
+	ms, err := strconv.ParseUint(id[:len(id)-random], 16, 63)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(int64(ms)), true
+}
+
+// HasState reports whether message id has a delivery state (it was
+// attempted or held); one without is pending for all its recipients.
+func (s *Store) HasState(id string) bool { return s.hasState(id) }
 
 // validID guards every path built from an id, which may come from a
 // command line.
@@ -471,7 +498,11 @@ func (s *Store) Open(id string) (*Message, error) {
 		return nil, fmt.Errorf("spool: invalid id %q", id)
 	}
 	if m, ok := s.j.lookup(id); ok {
-		return &Message{Envelope: m.env, body: m.seg.f, bodyOff: m.bodyOff}, nil
+		env, err := m.envelope(id)
+		if err != nil {
+			return nil, fmt.Errorf("spool: %s: %w", id, err)
+		}
+		return &Message{Envelope: env, body: m.seg.f, bodyOff: m.bodyOff}, nil
 	}
 	f, err := os.Open(filepath.Join(s.msgDir, id))
 	if err != nil {
@@ -524,7 +555,7 @@ func Decode(r io.ReaderAt, size int64) (Envelope, error) {
 	if _, err := r.ReadAt(buf, start); err != nil || buf[0] != '\n' || buf[n+1] != '\n' {
 		return env, fmt.Errorf("%w: trailer framing", ErrCorrupt)
 	}
-	if err := json.Unmarshal(buf[1:n+1], &env); err != nil {
+	if err := decodeEnvelope(buf[1:n+1], &env); err != nil {
 		return env, fmt.Errorf("%w: envelope: %v", ErrCorrupt, err)
 	}
 	if !validID(env.ID) || len(env.Recipients) == 0 || env.Size != start-int64(len(magic)) {
