@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"sync"
 )
 
 // stagedReply is a reply together with the stage of the dialogue (for
@@ -45,14 +46,18 @@ func (x *exchange) send(stage, line string) {
 }
 
 // sendBDAT writes the whole body as one chunk, BDAT LAST (RFC 3030):
-// no dot-stuffing, no scanning, the size is known from the spool.
+// no dot-stuffing, no scanning, the size is known from the spool, and no
+// reply to wait for between chunks. The body is read from the spool in
+// reads of bodyRead bytes into a pooled buffer and written on as it is:
+// after the commands have filled the first TLS record, the rest goes
+// straight to TLS, in full records.
 func (x *exchange) sendBDAT(b Body) {
 	if x.err != nil || x.refused {
 		return
 	}
 	fmt.Fprintf(x.c.w, "BDAT %d LAST\r\n", b.Size)
 	x.stages = append(x.stages, "end of data")
-	n, err := io.Copy(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size))
+	n, err := copyBody(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size))
 	if err == nil && n < b.Size {
 		err = &badBody{fmt.Errorf("%d of %d bytes", n, b.Size)}
 	}
@@ -61,6 +66,34 @@ func (x *exchange) sendBDAT(b Body) {
 		// connection is out of step and is dropped, which aborts the
 		// transaction: nothing short is ever delivered.
 		x.fail(err)
+	}
+}
+
+// bodyRead is the size of the reads of a body from the spool.
+const bodyRead = 256 << 10
+
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bodyRead); return &b }}
+
+// copyBody copies src to w in reads of up to bodyRead bytes.
+func copyBody(w io.Writer, src io.Reader) (int64, error) {
+	buf := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(buf)
+	var total int64
+	for {
+		n, err := io.ReadFull(src, *buf)
+		if n > 0 {
+			m, werr := w.Write((*buf)[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
 	}
 }
 
