@@ -57,9 +57,23 @@ func (x *exchange) sendBDAT(b Body) {
 	}
 	fmt.Fprintf(x.c.w, "BDAT %d LAST\r\n", b.Size)
 	x.stages = append(x.stages, "end of data")
+	// A body of more than a record goes out in large writes: TLS's
+	// records are gathered (cork) until the whole transaction is written.
+	corked := b.Size > writeBuffer && x.c.cork != nil
+	if corked {
+		x.c.cork.cork()
+	}
 	n, err := copyBody(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size))
 	if err == nil && n < b.Size {
 		err = &badBody{fmt.Errorf("%d of %d bytes", n, b.Size)}
+	}
+	if corked {
+		if err == nil {
+			err = x.c.w.Flush()
+		}
+		if uerr := x.c.cork.uncork(); err == nil {
+			err = uerr
+		}
 	}
 	if err != nil {
 		// The server now waits for bytes that will not come; the
