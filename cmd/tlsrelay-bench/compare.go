@@ -8,10 +8,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -81,7 +84,10 @@ func cmdCompare(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	var cl cleanups
+	defer cl.run()
+	cl.onSignal()
+	cl.add(func() { os.RemoveAll(dir) })
 	// Postfix's processes run as the postfix user: they must be able to
 	// reach the directory and read the (public) CA certificate.
 	os.Chmod(dir, 0o755)
@@ -92,7 +98,7 @@ func cmdCompare(args []string) error {
 		return err
 	}
 	os.Chmod(sink.caFile, 0o644)
-	defer sink.Close()
+	cl.add(func() { sink.Close() })
 	count := func() (int, error) { return sink.Count(), nil }
 
 	relayAddr := freeLoopback()
@@ -100,7 +106,7 @@ func cmdCompare(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer relay.Process.Kill()
+	cl.add(func() { relay.Process.Kill(); relay.Wait() })
 
 	relayPID := relay.Process.Pid
 	targets := []target{{Name: "sink alone", Addr: sink.Addr()},
@@ -109,7 +115,7 @@ func cmdCompare(args []string) error {
 		if t, stop, err := startPostfix(*postfix, filepath.Join(dir, "postfix"), sink, name); err != nil {
 			fmt.Fprintf(os.Stderr, "Postfix did not start, comparing without it: %v\n", err)
 		} else {
-			defer stop()
+			cl.add(stop)
 			targets = append(targets, t)
 		}
 	}
@@ -117,7 +123,7 @@ func cmdCompare(args []string) error {
 		if t, stop, err := startMaddy(*maddy, sink); err != nil {
 			fmt.Fprintf(os.Stderr, "maddy did not start, comparing without it: %v\n", err)
 		} else {
-			defer stop()
+			cl.add(stop)
 			targets = append(targets, t)
 		}
 	}
@@ -183,6 +189,40 @@ func cmdCompare(args []string) error {
 		return os.WriteFile(*markdown, []byte(table), 0o644)
 	}
 	return nil
+}
+
+// cleanups stops what the comparison started, in reverse order, at its
+// end or when it is interrupted (SIGINT, SIGTERM): no relay, Postfix or
+// maddy is left running.
+type cleanups struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+func (c *cleanups) add(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fns = append(c.fns, f)
+}
+
+func (c *cleanups) run() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
+}
+
+func (c *cleanups) onSignal() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(os.Stderr, "tlsrelay-bench: interrupted; stopping the relay and the peers")
+		c.run()
+		os.Exit(130)
+	}()
 }
 
 // measure runs one round of case c against t.
