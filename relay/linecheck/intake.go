@@ -181,7 +181,8 @@ func (x *intake) count(n int) {
 	}
 }
 
-// dataBufferSize is the size of the intake's reads from the socket.
+// dataBufferSize is the size of the intake's reads from the socket, once
+// a read has filled the small buffer (a small message never needs more).
 const dataBufferSize = 64 << 10
 
 // dataBuffers holds the intake's read buffers: only a session in DATA
@@ -309,8 +310,13 @@ func (c *Conn) intakeStep() ([]byte, error) {
 			// The read that brought the DATA line also failed.
 			c.readErrData, c.err = c.err, nil
 		} else {
-			c.useDataBuffer()
+			if c.fullRead {
+				// The data comes faster than the small buffer takes it:
+				// read it in large buffers from here on.
+				c.useDataBuffer()
+			}
 			n, err := c.Conn.Read(c.in)
+			c.fullRead = n == len(c.in)
 			b = c.in[:n]
 			if n == 0 && err != nil {
 				c.readErrData = err
@@ -348,6 +354,7 @@ func (c *Conn) endData() error {
 		return x.err
 	}
 	c.ik = nil
+	c.fullRead = false
 	c.out = append(c.buf[:0], ".\r\n"...)
 	c.line = c.line[:0]
 	c.saidSTARTTLS.Store(false)

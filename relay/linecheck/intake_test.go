@@ -265,12 +265,16 @@ func TestIntake(t *testing.T) {
 // every offset around them.
 func TestIntakeAcrossBuffers(t *testing.T) {
 	line := strings.Repeat("x", 70) + "\r\n"
+	// Reads of the whole stream: the small buffer twice (the second read
+	// fills it, so the intake takes a data buffer), then data buffers.
+	boundaries := []int{smallBuffer, 2 * smallBuffer, 2*smallBuffer + dataBufferSize}
 	for _, tail := range []string{"..stuffed\r\n", "\r\n", ".\r\n", "x\r\n"} {
-		for shift := -4; shift <= 4; shift++ {
+		for k := 0; k < 3*9; k++ {
+			at, shift := boundaries[k/9], k%9-4
 			var m strings.Builder
 			// The DATA line is 6 bytes: data offset o is stream offset o+6.
-			for m.Len() < dataBufferSize+shift-6 {
-				m.WriteString(line[:min(len(line), dataBufferSize+shift-6-m.Len())])
+			for m.Len() < at+shift-6 {
+				m.WriteString(line[:min(len(line), at+shift-6-m.Len())])
 			}
 			body := m.String()
 			if !strings.HasSuffix(body, "\r\n") {
@@ -284,7 +288,7 @@ func TestIntakeAcrossBuffers(t *testing.T) {
 			if want.err != nil {
 				t.Fatalf("reference: %v", want.err)
 			}
-			for _, sizes := range [][]int{nil, {dataBufferSize}, {dataBufferSize - 1}, {6, dataBufferSize - 1, 1}} {
+			for _, sizes := range [][]int{nil, {smallBuffer - 1}, {6, smallBuffer, dataBufferSize - 1, 1}} {
 				for _, readSize := range []int{0, 4096} {
 					if got := runIntake(t, in, sizes, 2000, 0, readSize); !sameVerdict(got, want) {
 						t.Errorf("tail %q shift %d reads %v: %d bytes, %v, then %q; want %d bytes, then %q",

@@ -74,6 +74,7 @@ type Conn struct {
 	out       []byte  // transformed bytes not yet returned
 	err       error   // an error to return once raw and out are drained
 	ik        *intake // the DATA in progress, in data mode
+	fullRead  bool    // the last read of the DATA in progress filled in
 	// readErrData is a read error inside DATA: it stays.
 	readErrData error
 

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/textproto"
@@ -63,7 +64,7 @@ func (x *exchange) sendBDAT(b Body) {
 	if corked {
 		x.c.cork.cork()
 	}
-	n, err := copyBody(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size))
+	n, err := copyBody(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size), b.Size)
 	if err == nil && n < b.Size {
 		err = &badBody{fmt.Errorf("%d of %d bytes", n, b.Size)}
 	}
@@ -88,8 +89,12 @@ const bodyRead = 256 << 10
 
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bodyRead); return &b }}
 
-// copyBody copies src to w in reads of up to bodyRead bytes.
-func copyBody(w io.Writer, src io.Reader) (int64, error) {
+// copyBody copies src to w in reads of up to bodyRead bytes. A body that
+// fits the write buffer is copied through it, without a large buffer.
+func copyBody(w *bufio.Writer, src io.Reader, size int64) (int64, error) {
+	if size <= writeBuffer {
+		return io.Copy(w, src)
+	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
 	var total int64
