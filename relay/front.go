@@ -242,9 +242,16 @@ func (s *session) Data(r io.Reader) error {
 		p.ForDirectDelivery()
 	}
 	w, rewritten := s.bodyWriter(p, p.ID())
-	buf := copyBuffers.Get().(*[]byte)
-	_, err = io.CopyBuffer(w, &linecheck.Reader{R: r}, *buf)
-	copyBuffers.Put(buf)
+	if d := s.dataReader(); d != nil {
+		// A plaintext DATA: read by the line guard itself, whole buffers
+		// at a time, straight into the spool.
+		_, err = d.WriteTo(w)
+	} else {
+		// BDAT, or inside TLS: go-smtp's reader, and the data check.
+		buf := copyBuffers.Get().(*[]byte)
+		_, err = io.CopyBuffer(w, &linecheck.Reader{R: r}, *buf)
+		copyBuffers.Put(buf)
+	}
 	var refused *smtp.SMTPError
 	if err == nil {
 		refused, err = rewritten()
@@ -259,6 +266,14 @@ func (s *session) Data(r io.Reader) error {
 			s.log.Warn("message refused: bare CR or LF in data (possible SMTP smuggling)", "id", p.ID())
 			s.relay.countReject("bare_line_ending")
 			return errBareLineEnding
+		}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			s.log.Warn("message refused: a line is too long; closing the session", "id", p.ID())
+			s.relay.countReject("line_too_long")
+			return errLineTooLong
+		}
+		if errors.Is(err, linecheck.ErrTooLarge) {
+			err = smtp.ErrDataTooLarge
 		}
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
@@ -353,12 +368,25 @@ func (s *session) deliverNow(p *spool.Pending, dest *policy.Destination) error {
 var errBareLineEnding = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0},
 	Message: "Message refused: it contains a bare CR or LF (only CRLF may end a line); nothing of it was accepted"}
 
+var errLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0},
+	Message: "Message refused: a line is longer than 2000 bytes with its CRLF; nothing of it was accepted"}
+
 var errSpool = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 	Message: "Local error: the spool cannot store the message now; try again later"}
 
 func isReadError(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, smtp.ErrDataReset)
+}
+
+// dataReader returns the line guard's reader of a plaintext DATA in
+// progress, or nil (BDAT, or a session inside TLS).
+func (s *session) dataReader() *linecheck.DataReader {
+	lc, ok := s.conn.Conn().(*linecheck.Conn)
+	if !ok {
+		return nil
+	}
+	return lc.DataReader(s.conn.Server().MaxMessageBytes)
 }
 
 // errReader fails every read with err.

@@ -24,7 +24,7 @@ type pki struct {
 	caFile string
 }
 
-func newPKI(t *testing.T, name string) *pki {
+func newPKI(t testing.TB, name string) *pki {
 	t.Helper()
 	ca, err := certgen.NewCA(name)
 	if err != nil {
@@ -38,7 +38,7 @@ func newPKI(t *testing.T, name string) *pki {
 }
 
 // leaf issues a certificate for name, valid now.
-func (p *pki) leaf(t *testing.T, name string) *certgen.Issued {
+func (p *pki) leaf(t testing.TB, name string) *certgen.Issued {
 	t.Helper()
 	iss, err := p.ca.Issue(certgen.Options{CommonName: name, DNSNames: []string{name}})
 	if err != nil {
@@ -47,7 +47,7 @@ func (p *pki) leaf(t *testing.T, name string) *certgen.Issued {
 	return iss
 }
 
-func startSink(t *testing.T, o sink.Options) *sink.Sink {
+func startSink(t testing.TB, o sink.Options) *sink.Sink {
 	t.Helper()
 	s, err := sink.Start(o)
 	if err != nil {

@@ -58,7 +58,9 @@ func (l *filterListener) Accept() (net.Conn, error) {
 		if l.tlsConfig != nil {
 			return tls.Server(counted, l.tlsConfig), nil
 		}
-		return linecheck.NewConn(counted, r.server.TLSConfig != nil), nil
+		lc := linecheck.NewConn(counted, r.server.TLSConfig != nil)
+		lc.MaxLineLength = r.server.MaxLineLength
+		return lc, nil
 	}
 }
 

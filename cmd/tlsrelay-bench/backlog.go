@@ -405,18 +405,6 @@ func diskUsage(dir string) int64 {
 	return total
 }
 
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 func renderBacklog(rows []backlogRow, healthy float64, retry string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "retry_min/retry_max %s; 1 KiB messages, 16 sessions, a new connection per message; healthy rate (empty queue, upstream up; the mean) %.0f msgs/s\n\n", retry, healthy)

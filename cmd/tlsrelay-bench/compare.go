@@ -8,10 +8,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -35,6 +38,8 @@ var cases = []benchCase{
 	{"1 KiB, 16 sessions, new conn/msg, smtp-source", 1 << 10, 16, 10000, true, true},
 	{"1 KiB, 64 sessions", 1 << 10, 64, 10000, false, false},
 	{"1 MiB, 8 sessions", 1 << 20, 8, 200, false, false},
+	{"1 MiB, 8 sessions, smtp-source", 1 << 20, 8, 200, false, true},
+	{"10 MiB, 2 sessions, smtp-source", 10 << 20, 2, 20, false, true},
 	{"50 MiB, 1 message", 50 << 20, 1, 1, false, false},
 }
 
@@ -43,6 +48,9 @@ type target struct {
 	Name string
 	Addr string
 	PID  int // for RSS; 0 when not measured
+	// CPU returns the CPU time the system has used so far, all its
+	// processes together; nil when not measured (the sink alone).
+	CPU func() time.Duration
 }
 
 type row struct {
@@ -50,8 +58,8 @@ type row struct {
 	Target  string
 	Res     loadResult
 	RSSGrow int64 // peak RSS growth in bytes during the case (tlsrelay only)
-	// CPUPerMsg is the relay process's CPU time (user+system) per
-	// message (tlsrelay only).
+	// CPUPerMsg is the system's CPU time (user+system, all its
+	// processes) per message.
 	CPUPerMsg time.Duration
 	// SinkCPUPerMsg is this process's CPU time per message: the sink's
 	// when smtp-source generates the load (else it includes the
@@ -63,7 +71,10 @@ func cmdCompare(args []string) error {
 	fs := flag.NewFlagSet("compare", flag.ExitOnError)
 	relayBin := fs.String("relay", "", "path of a built tlsrelay binary (go build -o /tmp/tlsrelay ./cmd/tlsrelay)")
 	postfix := fs.String("postfix", "", "path of postfix-relay.sh (../shared/bench/postfix-relay.sh); empty: no Postfix")
+	maddy := fs.String("maddy", "", "path of maddy-relay.sh (../shared/bench/maddy-relay.sh); empty: no maddy")
 	quick := fs.Bool("quick", false, "a fifth of the messages, for a smoke run")
+	rounds := fs.Int("rounds", 1, "run each case this many times per system and keep the fastest round")
+	only := fs.String("cases", "", "run only the cases whose name contains this text")
 	markdown := fs.String("markdown", "", "also write the result table to this file")
 	fs.Parse(args)
 	if *relayBin == "" {
@@ -73,7 +84,10 @@ func cmdCompare(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	var cl cleanups
+	defer cl.run()
+	cl.onSignal()
+	cl.add(func() { os.RemoveAll(dir) })
 	// Postfix's processes run as the postfix user: they must be able to
 	// reach the directory and read the (public) CA certificate.
 	os.Chmod(dir, 0o755)
@@ -84,7 +98,7 @@ func cmdCompare(args []string) error {
 		return err
 	}
 	os.Chmod(sink.caFile, 0o644)
-	defer sink.Close()
+	cl.add(func() { sink.Close() })
 	count := func() (int, error) { return sink.Count(), nil }
 
 	relayAddr := freeLoopback()
@@ -92,27 +106,39 @@ func cmdCompare(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer relay.Process.Kill()
+	cl.add(func() { relay.Process.Kill(); relay.Wait() })
 
-	targets := []target{{Name: "sink alone", Addr: sink.Addr()}, {Name: "tlsrelay", Addr: relayAddr, PID: relay.Process.Pid}}
+	relayPID := relay.Process.Pid
+	targets := []target{{Name: "sink alone", Addr: sink.Addr()},
+		{Name: "tlsrelay", Addr: relayAddr, PID: relayPID, CPU: func() time.Duration { return cpuTime(relayPID) }}}
 	if *postfix != "" {
-		pfAddr := freeLoopback()
-		pfDir := filepath.Join(dir, "postfix")
-		out, err := exec.Command("bash", *postfix, "start", pfDir, pfAddr, sink.Addr(), sink.caFile, name, "starttls").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "Postfix did not start, comparing without it: %v\n%s\n", err, out)
+		if t, stop, err := startPostfix(*postfix, filepath.Join(dir, "postfix"), sink, name); err != nil {
+			fmt.Fprintf(os.Stderr, "Postfix did not start, comparing without it: %v\n", err)
 		} else {
-			defer exec.Command("bash", *postfix, "stop", pfDir).Run()
-			targets = append(targets, target{Name: "postfix", Addr: pfAddr})
+			cl.add(stop)
+			targets = append(targets, t)
+		}
+	}
+	if *maddy != "" {
+		if t, stop, err := startMaddy(*maddy, sink); err != nil {
+			fmt.Fprintf(os.Stderr, "maddy did not start, comparing without it: %v\n", err)
+		} else {
+			cl.add(stop)
+			targets = append(targets, t)
 		}
 	}
 
-	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	started := time.Now().UTC()
+	loadBefore := loadAverage()
+	fmt.Printf("machine: %s/%s, %d CPUs, %s; %s; load average at the start %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), started.Format("2006-01-02 15:04 UTC"), loadBefore)
 	var rows []row
 	smtpSource, _ := exec.LookPath("smtp-source")
 	for _, c := range cases {
 		if *quick {
 			c.Messages = max(1, c.Messages/5)
+		}
+		if *only != "" && !strings.Contains(c.Name, *only) {
+			continue
 		}
 		if c.SMTPSource && smtpSource == "" {
 			fmt.Printf("  %-34s skipped: smtp-source is not installed (apt-get install postfix)\n", c.Name)
@@ -127,39 +153,30 @@ func cmdCompare(args []string) error {
 			if c.Size <= 1<<20 {
 				load(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: max(c.Sessions, c.Messages/20), Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: time.Minute})
 			}
-			var before int64
-			var cpuBefore time.Duration
-			selfBefore := cpuTime(os.Getpid())
-			if t.PID != 0 {
-				resetPeakRSS(t.PID)
-				before = rss(t.PID, "VmRSS")
-				cpuBefore = cpuTime(t.PID)
-			}
-			res, err := load(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: c.Messages, Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: 10 * time.Minute})
-			if err != nil {
-				return err
-			}
-			r := row{Case: c, Target: t.Name, Res: res}
-			if res.Sent > 0 {
-				r.SinkCPUPerMsg = (cpuTime(os.Getpid()) - selfBefore) / time.Duration(res.Sent)
-			}
-			if t.PID != 0 {
-				r.RSSGrow = rss(t.PID, "VmHWM") - before
-				if res.Sent > 0 {
-					r.CPUPerMsg = (cpuTime(t.PID) - cpuBefore) / time.Duration(res.Sent)
+			var best *row
+			for round := 0; round < max(1, *rounds); round++ {
+				r, err := measure(load, t, c, count)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("  %-40s %-11s %8.0f msgs/s %8.2f MB/s  p50 %-9v p99 %-9v CPU/msg %-9v confirmed %d/%d errors %d\n", c.Name, t.Name,
+					r.Res.MsgsPerSec(), r.Res.MBPerSec(), r.Res.P50.Round(10*time.Microsecond), r.Res.P99.Round(10*time.Microsecond),
+					r.CPUPerMsg.Round(10*time.Microsecond), r.Res.Confirmed, r.Res.Sent, r.Res.Errors)
+				if r.Res.FirstError != "" {
+					fmt.Printf("    first error: %s\n", r.Res.FirstError)
+				}
+				if best == nil || r.Res.MsgsPerSec() > best.Res.MsgsPerSec() {
+					best = &r
 				}
 			}
-			rows = append(rows, r)
-			fmt.Printf("  %-34s %-11s %8.0f msgs/s %8.2f MB/s  p50 %-9v p99 %-9v confirmed %d/%d errors %d\n", c.Name, t.Name,
-				res.MsgsPerSec(), res.MBPerSec(), res.P50.Round(10*time.Microsecond), res.P99.Round(10*time.Microsecond), res.Confirmed, res.Sent, res.Errors)
-			if res.FirstError != "" {
-				fmt.Printf("    first error: %s\n", res.FirstError)
-			}
+			rows = append(rows, *best)
 		}
 	}
 	idle, idleErr := idleSessions(relayAddr, relay.Process.Pid, 1000)
 
-	table := renderTable(rows, targets)
+	table := fmt.Sprintf("%s, %d CPUs, %s; %s; load average (1, 5, 15 min) %s at the start, %s at the end; best of %d round(s)\n\n",
+		runtime.GOARCH, runtime.NumCPU(), runtime.Version(), started.Format("2006-01-02 15:04 UTC"), loadBefore, loadAverage(), max(1, *rounds))
+	table += renderTable(rows, targets)
 	fmt.Println()
 	fmt.Print(table)
 	if idleErr != nil {
@@ -174,40 +191,123 @@ func cmdCompare(args []string) error {
 	return nil
 }
 
+// cleanups stops what the comparison started, in reverse order, at its
+// end or when it is interrupted (SIGINT, SIGTERM): no relay, Postfix or
+// maddy is left running.
+type cleanups struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+func (c *cleanups) add(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fns = append(c.fns, f)
+}
+
+func (c *cleanups) run() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
+}
+
+func (c *cleanups) onSignal() {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sigs
+		fmt.Fprintln(os.Stderr, "tlsrelay-bench: interrupted; stopping the relay and the peers")
+		c.run()
+		os.Exit(130)
+	}()
+}
+
+// measure runs one round of case c against t.
+func measure(load func(loadSpec) (loadResult, error), t target, c benchCase, count func() (int, error)) (row, error) {
+	var before int64
+	var cpuBefore time.Duration
+	selfBefore := cpuTime(os.Getpid())
+	if t.PID != 0 {
+		resetPeakRSS(t.PID)
+		before = rss(t.PID, "VmRSS")
+	}
+	if t.CPU != nil {
+		cpuBefore = t.CPU()
+	}
+	res, err := load(loadSpec{To: t.Addr, Sessions: c.Sessions, Messages: c.Messages, Size: c.Size, NewConn: c.NewConn, SinkCount: count, Timeout: 10 * time.Minute})
+	if err != nil {
+		return row{}, err
+	}
+	r := row{Case: c, Target: t.Name, Res: res}
+	if res.Sent > 0 {
+		r.SinkCPUPerMsg = (cpuTime(os.Getpid()) - selfBefore) / time.Duration(res.Sent)
+		if t.CPU != nil {
+			r.CPUPerMsg = (t.CPU() - cpuBefore) / time.Duration(res.Sent)
+		}
+	}
+	if t.PID != 0 {
+		r.RSSGrow = rss(t.PID, "VmHWM") - before
+	}
+	return r, nil
+}
+
 func renderTable(rows []row, targets []target) string {
 	var b strings.Builder
-	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | relay peak RSS growth | relay CPU/msg | sink CPU/msg |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| case | target | msgs/s (end to end) | MB/s | submit p50 | p90 | p99 | confirmed | vs sink alone | vs postfix | vs maddy | peak RSS growth | CPU/msg | sink CPU/msg |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	rate := map[string]float64{}
 	for _, r := range rows {
-		rate[r.Case.Name+"/"+r.Target] = r.Res.MsgsPerSec()
+		if r.Res.Confirmed == r.Res.Sent && r.Res.Sent > 0 {
+			rate[r.Case.Name+"/"+r.Target] = r.Res.MsgsPerSec()
+		}
 	}
 	for _, r := range rows {
-		vsLimit, vsPostfix, grow, cpu, sinkCPU := "", "", "", "", ""
-		if r.Target != "sink alone" {
-			vsLimit = fmt.Sprintf("%.0f%%", 100*r.Res.MsgsPerSec()/rate[r.Case.Name+"/sink alone"])
-		}
-		if p := rate[r.Case.Name+"/postfix"]; p > 0 && r.Target == "tlsrelay" {
-			vsPostfix = fmt.Sprintf("%.1f×", r.Res.MsgsPerSec()/p)
+		vsLimit, vsPostfix, vsMaddy, grow, cpu, sinkCPU := "", "", "", "", "", ""
+		if l := rate[r.Case.Name+"/sink alone"]; r.Target != "sink alone" && l > 0 {
+			vsLimit = fmt.Sprintf("%.0f%%", 100*r.Res.MsgsPerSec()/l)
 		}
 		if r.Target == "tlsrelay" {
+			if p := rate[r.Case.Name+"/postfix"]; p > 0 {
+				vsPostfix = fmt.Sprintf("%.1f×", r.Res.MsgsPerSec()/p)
+			}
+			if m := rate[r.Case.Name+"/maddy"]; m > 0 {
+				vsMaddy = fmt.Sprintf("%.1f×", r.Res.MsgsPerSec()/m)
+			}
 			grow = fmt.Sprintf("%.1f MiB", float64(max(r.RSSGrow, 0))/(1<<20))
-			cpu = r.CPUPerMsg.Round(time.Microsecond).String()
+		}
+		if r.CPUPerMsg > 0 {
+			cpu = r.CPUPerMsg.Round(10 * time.Microsecond).String()
 		}
 		if r.Res.Sent == 0 && r.Res.FirstError != "" {
-			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
+			fmt.Fprintf(&b, "| %s | %s | refused: %s | | | | | | | | | | | |\n", r.Case.Name, r.Target, r.Res.FirstError)
 			continue
 		}
 		p50, p90, p99 := "n/a", "n/a", "n/a" // smtp-source does not time messages
 		if r.Case.SMTPSource {
-			sinkCPU = r.SinkCPUPerMsg.Round(time.Microsecond).String()
+			sinkCPU = r.SinkCPUPerMsg.Round(10 * time.Microsecond).String()
 		} else {
 			p50, p90, p99 = r.Res.P50.Round(10*time.Microsecond).String(), r.Res.P90.Round(10*time.Microsecond).String(), r.Res.P99.Round(10*time.Microsecond).String()
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s |\n", r.Case.Name, r.Target,
-			r.Res.MsgsPerSec(), r.Res.MBPerSec(), p50, p90, p99, r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, grow, cpu, sinkCPU)
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %s | %s | %s | %d/%d | %s | %s | %s | %s | %s | %s |\n", r.Case.Name, r.Target,
+			r.Res.MsgsPerSec(), r.Res.MBPerSec(), p50, p90, p99, r.Res.Confirmed, r.Res.Sent, vsLimit, vsPostfix, vsMaddy, grow, cpu, sinkCPU)
 	}
 	return b.String()
+}
+
+// loadAverage is the machine's load average over 1, 5 and 15 minutes.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], ", ")
 }
 
 const relayConfig = `

@@ -1,7 +1,7 @@
 // Command tlsrelay-bench measures tlsrelay: a load generator and an
 // upstream TLS sink in one tool, both Go, on loopback only, and a
 // side-by-side comparison of the sink alone (the limit), tlsrelay in front
-// of it, and Postfix in front of it.
+// of it, and Postfix and maddy in front of it.
 package main
 
 import (
@@ -21,10 +21,14 @@ const usage = `tlsrelay-bench: load tests for tlsrelay (loopback only)
         reuses its connection unless -new-conn); reports messages/s, MB/s,
         submit latency p50/p90/p99 (end of DATA to the 250) and, with
         -sink-stats, how many the sink confirmed and the end-to-end rate
-  tlsrelay-bench compare -relay PATH [-postfix SCRIPT] [-quick] [-markdown FILE]
+  tlsrelay-bench compare -relay PATH [-postfix SCRIPT] [-maddy SCRIPT] [-rounds N]
+                         [-cases TEXT] [-quick] [-markdown FILE]
         the whole comparison in one run: every case against the sink alone,
-        tlsrelay (PATH is a built tlsrelay binary) and, if SCRIPT is given and
-        works, a throwaway Postfix; prints ratios
+        tlsrelay (PATH is a built tlsrelay binary) and, for each SCRIPT given
+        that works, a throwaway Postfix and a throwaway maddy; prints the
+        rates, each system's CPU per message (all its processes) and ratios;
+        -rounds keeps the fastest of N rounds, -cases runs only the cases
+        whose name contains TEXT
   tlsrelay-bench backlog -relay PATH [-sizes 10000,50000,200000] [-retry 1s/2s] [-markdown FILE]
         a long outage at each size: intake while the upstream is down (connection
         attempts to it counted), the relay's RSS and spool, queue list, a restart

@@ -29,3 +29,20 @@ func BenchmarkReader(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIntake is the DATA intake on 1 MiB of DATA (dot-stuffed, with
+// its end), as a session reads it: the DATA line and the 354 included.
+func BenchmarkIntake(b *testing.B) {
+	data := append(append([]byte("DATA\r\n"), bytes.ReplaceAll(mail, []byte("\r\nL"), []byte("\r\n..L"))...), ".\r\n"...)
+	b.SetBytes(int64(len(data)))
+	line := make([]byte, 6)
+	for b.Loop() {
+		c := NewConn(&chunkConn{in: data, sizes: []int{dataBufferSize}}, false)
+		c.Write([]byte("220 relay.test\r\n"))
+		io.ReadFull(c, line)
+		c.Write([]byte("354 Go ahead\r\n"))
+		if _, err := c.DataReader(0).WriteTo(io.Discard); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

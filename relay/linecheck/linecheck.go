@@ -10,6 +10,10 @@
 // refuses the data. Reader works on the message data as go-smtp hands it to
 // the session and refuses NUL, bare CR and bare LF; it alone covers
 // sessions whose bytes Conn cannot see (inside inbound STARTTLS) and BDAT.
+//
+// For a plaintext DATA, Conn does more: it reads the message data itself,
+// in one pass over whole buffers (see DataReader), and go-smtp sees only
+// the end of data.
 package linecheck
 
 import (
@@ -30,8 +34,19 @@ import (
 // another line; Conn sees a write that is not a TLS record and applies the
 // discipline again, so a session that goes on in plaintext is guarded as
 // before. Only a TLS session that really started is left alone.
+//
+// Conn also serves the data of DATA (see DataReader). It hands go-smtp
+// nothing beyond the end of a line that begins with DATA until go-smtp
+// reads again, so when the server answers such a line 354 (which go-smtp
+// does only to a DATA command), nothing of the data is in go-smtp's
+// buffer: the data is Conn's to read, up to and including its end; go-smtp
+// is then handed just the terminator ".\r\n" and goes on after it.
 type Conn struct {
 	net.Conn
+	// MaxLineLength is the longest line, its CRLF included, that the data
+	// of DATA may hold (see DataReader); set it to the go-smtp server's
+	// MaxLineLength. NewConn sets go-smtp's default, 2000; 0 is no limit.
+	MaxLineLength int
 	// startTLS is set when the server offers STARTTLS.
 	startTLS bool
 	// aside is set while TLS runs on the connection (written by Write,
@@ -40,15 +55,28 @@ type Conn struct {
 	// saidSTARTTLS is set while the client's last complete line is
 	// STARTTLS (written by Read, read by Write).
 	saidSTARTTLS atomic.Bool
+	// saidDATA is set while the client's last complete line begins with
+	// DATA and nothing after it was handed on (written by Read, read by
+	// Write); dataMode is set by the server's 354 to such a line, until
+	// the end of data is handed to go-smtp.
+	saidDATA atomic.Bool
+	dataMode atomic.Bool
 
 	// The read side, used by Read only.
 	pendingCR bool
-	line      []byte // the start of the current line, to spot STARTTLS
-	wasAside  bool   // the last Read was raw
-	in        []byte
-	buf       []byte // backing store of out, reused for every read
-	out       []byte // transformed bytes not yet returned
-	err       error  // an error to return once out is drained
+	line      []byte  // the start of the current line, to spot STARTTLS
+	wasAside  bool    // the last Read was raw
+	in        []byte  // where the socket is read into: small, or a data buffer in DATA
+	small     []byte  // the small one, while in is a data buffer
+	raw       []byte  // bytes read from the socket (in in) not yet transformed
+	halt      bool    // the line just transformed began with DATA
+	buf       []byte  // backing store of out, reused for every read
+	out       []byte  // transformed bytes not yet returned
+	err       error   // an error to return once raw and out are drained
+	ik        *intake // the DATA in progress, in data mode
+	fullRead  bool    // the last read of the DATA in progress filled in
+	// readErrData is a read error inside DATA: it stays.
+	readErrData error
 
 	// The server's side, used by Write only.
 	greeted bool   // the server's first reply (its greeting) is out
@@ -58,8 +86,12 @@ type Conn struct {
 // NewConn wraps c. startTLS says whether the server offers STARTTLS, so
 // that only then can Conn step aside for TLS.
 func NewConn(c net.Conn, startTLS bool) *Conn {
-	return &Conn{Conn: c, startTLS: startTLS, in: make([]byte, 4096), buf: make([]byte, 0, 4096+1)}
+	return &Conn{Conn: c, startTLS: startTLS, MaxLineLength: 2000, in: make([]byte, smallBuffer), buf: make([]byte, 0, smallBuffer+1)}
 }
+
+// smallBuffer is the size of the reads outside DATA, and of the most Conn
+// transforms at once.
+const smallBuffer = 4096
 
 // maxLineStart is how much of a line Conn remembers: enough for STARTTLS,
 // and for a reply code.
@@ -71,13 +103,27 @@ const firstRecordType, lastRecordType = 20, 24
 
 func (c *Conn) Read(p []byte) (int, error) {
 	for len(c.out) == 0 {
-		if c.err != nil {
+		if c.dataMode.Load() && c.ik == nil {
+			// The session reads go-smtp's data reader, not a DataReader:
+			// the data passes here as any other bytes do.
+			c.dataMode.Store(false)
+		}
+		if c.dataMode.Load() {
+			if err := c.endData(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if len(c.raw) == 0 && c.err != nil {
 			err := c.err
 			c.err = nil
 			return 0, err
 		}
 		if c.aside.Load() {
 			c.wasAside = true
+			// Bytes the client sent before the server's 220 are not
+			// TLS's: dropped, as go-smtp drops what it had buffered.
+			c.raw = nil
 			if c.pendingCR && len(p) > 0 {
 				// A CR held back just before TLS started is TLS's byte.
 				c.pendingCR = false
@@ -93,17 +139,30 @@ func (c *Conn) Read(p []byte) (int, error) {
 			c.line = c.line[:0]
 			c.saidSTARTTLS.Store(false)
 		}
-		n, err := c.Conn.Read(c.in)
-		c.out = c.transform(c.buf[:0], c.in[:n])
-		if err != nil && c.pendingCR {
+		if len(c.raw) == 0 {
+			c.releaseDataBuffer()
+			n, err := c.Conn.Read(c.in)
+			c.raw, c.err = c.in[:n], err
+			if n == 0 && err != nil {
+				c.err = nil
+				if c.pendingCR {
+					// The stream ended after a CR: it was bare.
+					c.pendingCR = false
+					c.out = append(c.buf[:0], 0)
+					c.err = err
+					continue
+				}
+				return 0, err
+			}
+		}
+		var k int
+		c.out, k = c.transform(c.buf[:0], c.raw[:min(len(c.raw), smallBuffer)])
+		c.raw = c.raw[k:]
+		if len(c.raw) == 0 && c.err != nil && c.pendingCR {
 			// The stream ended after a CR: it was bare.
 			c.pendingCR = false
 			c.out = append(c.out, 0)
 		}
-		if err != nil && len(c.out) == 0 {
-			return 0, err
-		}
-		c.err = err
 		// With nothing out yet, only a CR arrived: its meaning depends on
 		// the next byte, so read on.
 	}
@@ -112,8 +171,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// transform appends to out the disciplined form of in.
-func (c *Conn) transform(out, in []byte) []byte {
+// transform appends to out the disciplined form of in, and returns it
+// with how much of in it took: all of it, or up to the end of a line that
+// begins with DATA.
+func (c *Conn) transform(out, in []byte) ([]byte, int) {
+	if c.saidDATA.Load() {
+		c.saidDATA.Store(false)
+	}
 	for i := 0; i < len(in); i++ {
 		// Fast path: copy the run up to the next CR or LF in one go.
 		if !c.pendingCR {
@@ -136,6 +200,11 @@ func (c *Conn) transform(out, in []byte) []byte {
 			if b == '\n' {
 				out = append(out, '\r', '\n')
 				c.endLine()
+				if c.halt {
+					c.halt = false
+					c.saidDATA.Store(true)
+					return out, i + 1
+				}
 				continue
 			}
 			out = append(out, 0) // the bare CR
@@ -152,7 +221,7 @@ func (c *Conn) transform(out, in []byte) []byte {
 			c.note(b)
 		}
 	}
-	return out
+	return out, len(in)
 }
 
 func (c *Conn) note(b byte) {
@@ -162,6 +231,7 @@ func (c *Conn) note(b byte) {
 }
 
 func (c *Conn) endLine() {
+	c.halt = len(c.line) >= 4 && string(bytes.ToUpper(c.line[:4])) == "DATA"
 	if c.startTLS {
 		said := len(c.line) < maxLineStart && string(bytes.ToUpper(bytes.TrimSpace(c.line))) == "STARTTLS"
 		if said != c.saidSTARTTLS.Load() {
@@ -174,9 +244,7 @@ func (c *Conn) endLine() {
 // Write passes the server's bytes on, watching for the start and the
 // failure of TLS.
 func (c *Conn) Write(p []byte) (int, error) {
-	if c.startTLS {
-		c.watch(p)
-	}
+	c.watch(p)
 	return c.Conn.Write(p)
 }
 
@@ -221,6 +289,9 @@ func (c *Conn) endServerLine() {
 	}
 	if bytes.HasPrefix(l, []byte("220")) && c.saidSTARTTLS.Load() {
 		c.aside.Store(true) // go-smtp starts its TLS handshake now
+	}
+	if bytes.HasPrefix(l, []byte("354")) && c.saidDATA.Load() {
+		c.dataMode.Store(true) // go-smtp reads the data now
 	}
 }
 

@@ -134,15 +134,38 @@ func TestConnStepsAsideOnlyWhenTheServerStartsTLS(t *testing.T) {
 
 	// Inside DATA and BDAT a STARTTLS line and a TLS-looking byte are
 	// data: the server writes no 220 there.
+	// (Conn reads DATA's data itself: there it is refused, and the
+	// server's 220 inside it changes nothing.)
 	for _, open := range []struct{ cmd, reply string }{{"DATA\r\n", "354 Go ahead\r\n"}, {"BDAT 10\r\n", ""}} {
 		s = newSession(t, true)
 		s.client("MAIL FROM:<a@x>\r\n")
 		s.server("250 2.0.0 Roger\r\n")
 		s.client(open.cmd)
 		s.server(open.reply)
-		s.client("STARTTLS\r\n")
-		if got := s.client(tlsLike); got == tlsLike {
-			t.Fatalf("%s: stepped aside inside the message: %q", open.cmd, got)
+		if open.cmd == "DATA\r\n" {
+			s.in.WriteString("STARTTLS\r\n")
+			d := s.c.DataReader(0)
+			if d == nil {
+				t.Fatal("DATA answered 354: no DataReader")
+			}
+			buf := make([]byte, 20)
+			if n, err := io.ReadFull(d, buf[:10]); err != nil || string(buf[:n]) != "STARTTLS\r\n" {
+				t.Fatalf("DATA: read %q, %v", buf[:n], err)
+			}
+			s.server("220 2.0.0 Ready to start TLS\r\n") // not something go-smtp does
+			s.in.WriteString(tlsLike + "\r\n.\r\n")
+			if _, err := io.ReadFull(d, buf); err != ErrBareLineEnding {
+				t.Fatalf("DATA: TLS-looking data read with %v, want ErrBareLineEnding", err)
+			}
+			end := make([]byte, 3)
+			if _, err := io.ReadFull(s.c, end); err != nil || string(end) != ".\r\n" {
+				t.Fatalf("DATA: go-smtp was handed %q (%v), want the end of data", end, err)
+			}
+		} else {
+			s.client("STARTTLS\r\n")
+			if got := s.client(tlsLike); got == tlsLike {
+				t.Fatalf("%s: stepped aside inside the message: %q", open.cmd, got)
+			}
 		}
 		s.server("250 2.0.0 OK\r\n")
 		if got := s.client("\n.\n"); got != "\x00.\x00" {

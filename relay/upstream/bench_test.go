@@ -16,7 +16,14 @@ import (
 // STARTTLS connection that stays open, to a go-smtp server on loopback,
 // as when the pool reuses a connection. The server's work is included:
 // both ends share this machine's CPUs.
-func BenchmarkSend(b *testing.B) {
+func BenchmarkSend(b *testing.B) { benchSend(b, 16) }
+
+// BenchmarkSendLarge is the same with 1 MiB messages: the body read back
+// in large reads and written in full TLS records, gathered into large
+// writes.
+func BenchmarkSendLarge(b *testing.B) { benchSend(b, 16<<10) }
+
+func benchSend(b *testing.B, lines int) {
 	caFile, cert := serverCert(b, "mx.bench.test")
 	up, err := sink.Start(sink.Options{Cert: cert, Discard: true})
 	if err != nil {
@@ -37,7 +44,7 @@ func BenchmarkSend(b *testing.B) {
 	if !c.has("PIPELINING") || !c.has("CHUNKING") {
 		b.Fatalf("the sink offers %v; this benchmark is of the pipelined path", c.ext)
 	}
-	msg := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01\r\n"), 16)
+	msg := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01\r\n"), lines)
 	body := Body{Size: int64(len(msg)), Open: func() io.Reader { return bytes.NewReader(msg) }}
 	rcpts := []string{"sink@bench.test"}
 	b.SetBytes(int64(len(msg)))

@@ -45,9 +45,11 @@ type Conn struct {
 	// Established is when the connection was verified.
 	Established time.Time
 
-	raw net.Conn      // the TCP connection
-	tc  *tls.Conn     // the verified TLS connection over it
-	br  *bufio.Reader // replies, read from raw before TLS and tc after
+	raw net.Conn  // the TCP connection
+	tc  *tls.Conn // the verified TLS connection over it
+	// cork gathers tc's records into large writes while a body is sent.
+	cork *corkConn
+	br   *bufio.Reader // replies, read from raw before TLS and tc after
 	// budget bounds what one reply may make br read.
 	budget *budgetReader
 	w      *bufio.Writer     // commands and bodies, written to tc
@@ -166,7 +168,8 @@ func (d *Dialer) handshake(ctx context.Context, dest *policy.Destination, cfg *t
 			return c, err
 		}
 	}
-	tc := tls.Client(raw, cfg)
+	c.cork = &corkConn{Conn: raw}
+	tc := tls.Client(c.cork, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return c, err

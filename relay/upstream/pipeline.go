@@ -1,9 +1,11 @@
 package upstream
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/textproto"
+	"sync"
 )
 
 // stagedReply is a reply together with the stage of the dialogue (for
@@ -45,22 +47,72 @@ func (x *exchange) send(stage, line string) {
 }
 
 // sendBDAT writes the whole body as one chunk, BDAT LAST (RFC 3030):
-// no dot-stuffing, no scanning, the size is known from the spool.
+// no dot-stuffing, no scanning, the size is known from the spool, and no
+// reply to wait for between chunks. The body is read from the spool in
+// reads of bodyRead bytes into a pooled buffer and written on as it is:
+// after the commands have filled the first TLS record, the rest goes
+// straight to TLS, in full records.
 func (x *exchange) sendBDAT(b Body) {
 	if x.err != nil || x.refused {
 		return
 	}
 	fmt.Fprintf(x.c.w, "BDAT %d LAST\r\n", b.Size)
 	x.stages = append(x.stages, "end of data")
-	n, err := io.Copy(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size))
+	// A body of more than a record goes out in large writes: TLS's
+	// records are gathered (cork) until the whole transaction is written.
+	corked := b.Size > writeBuffer && x.c.cork != nil
+	if corked {
+		x.c.cork.cork()
+	}
+	n, err := copyBody(x.c.w, io.LimitReader(spoolReader{b.Open()}, b.Size), b.Size)
 	if err == nil && n < b.Size {
 		err = &badBody{fmt.Errorf("%d of %d bytes", n, b.Size)}
+	}
+	if corked {
+		if err == nil {
+			err = x.c.w.Flush()
+		}
+		if uerr := x.c.cork.uncork(); err == nil {
+			err = uerr
+		}
 	}
 	if err != nil {
 		// The server now waits for bytes that will not come; the
 		// connection is out of step and is dropped, which aborts the
 		// transaction: nothing short is ever delivered.
 		x.fail(err)
+	}
+}
+
+// bodyRead is the size of the reads of a body from the spool.
+const bodyRead = 256 << 10
+
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bodyRead); return &b }}
+
+// copyBody copies src to w in reads of up to bodyRead bytes. A body that
+// fits the write buffer is copied through it, without a large buffer.
+func copyBody(w *bufio.Writer, src io.Reader, size int64) (int64, error) {
+	if size <= writeBuffer {
+		return io.Copy(w, src)
+	}
+	buf := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(buf)
+	var total int64
+	for {
+		n, err := io.ReadFull(src, *buf)
+		if n > 0 {
+			m, werr := w.Write((*buf)[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
 	}
 }
 
