@@ -43,7 +43,12 @@ func (c *RawConn) Line() (string, error) {
 // StartRaw listens on 127.0.0.1 and runs script on every connection; the
 // connection stays open after the script returns, until Close.
 func StartRaw(script func(*RawConn)) (*Raw, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startRaw("127.0.0.1:0", script)
+}
+
+// startRaw listens on addr and runs script (if any) on every connection.
+func startRaw(addr string, script func(*RawConn)) (*Raw, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -61,6 +66,10 @@ func StartRaw(script func(*RawConn)) (*Raw, error) {
 				return
 			}
 			s.held = append(s.held, c)
+			if script == nil {
+				s.mu.Unlock()
+				continue
+			}
 			s.wg.Add(1)
 			s.mu.Unlock()
 			go func() {
