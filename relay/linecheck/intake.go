@@ -261,16 +261,17 @@ func (c *Conn) DataReader(maxSize int64) *DataReader {
 		return nil // already read by someone else
 	}
 	x.maxSize = maxSize
-	return &DataReader{c: c}
+	c.dr = DataReader{c: c}
+	return &c.dr
 }
 
 // startIntake returns the intake of the DATA in progress, starting it
 // at the first use.
 func (c *Conn) startIntake() *intake {
-	if c.ik == nil {
-		c.ik = &intake{maxLine: c.MaxLineLength}
+	if !c.inData {
+		c.ik, c.inData = intake{maxLine: c.MaxLineLength}, true
 	}
-	return c.ik
+	return &c.ik
 }
 
 // intakeNext returns the data of the next buffer, io.EOF at the end of
@@ -353,7 +354,7 @@ func (c *Conn) endData() error {
 	if x.fatal() {
 		return x.err
 	}
-	c.ik = nil
+	c.inData = false
 	c.fullRead = false
 	c.out = append(c.buf[:0], ".\r\n"...)
 	c.line = c.line[:0]

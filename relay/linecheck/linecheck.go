@@ -64,17 +64,19 @@ type Conn struct {
 
 	// The read side, used by Read only.
 	pendingCR bool
-	line      []byte  // the start of the current line, to spot STARTTLS
-	wasAside  bool    // the last Read was raw
-	in        []byte  // where the socket is read into: small, or a data buffer in DATA
-	small     []byte  // the small one, while in is a data buffer
-	raw       []byte  // bytes read from the socket (in in) not yet transformed
-	halt      bool    // the line just transformed began with DATA
-	buf       []byte  // backing store of out, reused for every read
-	out       []byte  // transformed bytes not yet returned
-	err       error   // an error to return once raw and out are drained
-	ik        *intake // the DATA in progress, in data mode
-	fullRead  bool    // the last read of the DATA in progress filled in
+	line      []byte     // the start of the current line, to spot STARTTLS
+	wasAside  bool       // the last Read was raw
+	in        []byte     // where the socket is read into: small, or a data buffer in DATA
+	small     []byte     // the small one, while in is a data buffer
+	raw       []byte     // bytes read from the socket (in in) not yet transformed
+	halt      bool       // the line just transformed began with DATA
+	buf       []byte     // backing store of out, reused for every read
+	out       []byte     // transformed bytes not yet returned
+	err       error      // an error to return once raw and out are drained
+	ik        intake     // the DATA in progress, when inData
+	inData    bool       // the intake of a DATA started (in data mode)
+	dr        DataReader // the reader of that DATA, handed to the session
+	fullRead  bool       // the last read of the DATA in progress filled in
 	// readErrData is a read error inside DATA: it stays.
 	readErrData error
 
@@ -103,7 +105,7 @@ const firstRecordType, lastRecordType = 20, 24
 
 func (c *Conn) Read(p []byte) (int, error) {
 	for len(c.out) == 0 {
-		if c.dataMode.Load() && c.ik == nil {
+		if c.dataMode.Load() && !c.inData {
 			// The session reads go-smtp's data reader, not a DataReader:
 			// the data passes here as any other bytes do.
 			c.dataMode.Store(false)
@@ -231,9 +233,9 @@ func (c *Conn) note(b byte) {
 }
 
 func (c *Conn) endLine() {
-	c.halt = len(c.line) >= 4 && string(bytes.ToUpper(c.line[:4])) == "DATA"
+	c.halt = len(c.line) >= 4 && bytes.EqualFold(c.line[:4], []byte("DATA"))
 	if c.startTLS {
-		said := len(c.line) < maxLineStart && string(bytes.ToUpper(bytes.TrimSpace(c.line))) == "STARTTLS"
+		said := len(c.line) < maxLineStart && bytes.EqualFold(bytes.TrimSpace(c.line), []byte("STARTTLS"))
 		if said != c.saidSTARTTLS.Load() {
 			c.saidSTARTTLS.Store(said)
 		}
