@@ -9,13 +9,25 @@ import (
 )
 
 // TestSendLargeBody: a body of several spool reads arrives whole, in
-// order, whether the spool's reader returns full reads or short ones.
+// order, whether the spool's reader returns full reads or short ones,
+// with BDAT and, to a server without CHUNKING, dot-stuffed after DATA
+// (lines that begin with a dot fall at every place in the reads).
 func TestSendLargeBody(t *testing.T) {
-	up, dest := startScripted(t, "PIPELINING", "CHUNKING")
+	for _, ext := range [][]string{{"PIPELINING", "CHUNKING"}, {"PIPELINING"}} {
+		t.Run(strings.Join(ext, "+"), func(t *testing.T) { testSendLargeBody(t, ext) })
+	}
+}
+
+func testSendLargeBody(t *testing.T, ext []string) {
+	up, dest := startScripted(t, ext...)
 	c := dial(t, dest)
 	defer c.Close()
 	var b strings.Builder
 	for i := 0; b.Len() < 3*bodyRead+17; i++ {
+		if i%7 == 0 {
+			b.WriteString("." + strings.Repeat(".", i%3) + "\r\n")
+			continue
+		}
 		b.WriteString(strings.Repeat(string(rune('a'+i%26)), 77) + "\r\n")
 	}
 	msg := b.String()

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net/textproto"
 	"sync"
 )
 
@@ -90,10 +89,10 @@ const bodyRead = 256 << 10
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, bodyRead); return &b }}
 
 // copyBody copies src to w in reads of up to bodyRead bytes. A body that
-// fits the write buffer is copied through it, without a large buffer.
-func copyBody(w *bufio.Writer, src io.Reader, size int64) (int64, error) {
-	if size <= writeBuffer {
-		return io.Copy(w, src)
+// fits the write buffer is read straight into it when w is that buffer.
+func copyBody(w io.Writer, src io.Reader, size int64) (int64, error) {
+	if bw, ok := w.(*bufio.Writer); ok && size <= writeBuffer {
+		return bw.ReadFrom(src)
 	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
@@ -123,8 +122,8 @@ func (x *exchange) sendDotted(b Body) {
 		return
 	}
 	x.stages = append(x.stages, "end of data")
-	dw := textproto.NewWriter(x.c.w).DotWriter()
-	n, err := io.Copy(dw, io.LimitReader(spoolReader{b.Open()}, b.Size))
+	dw := &dotWriter{w: x.c.w}
+	n, err := copyBody(dw, io.LimitReader(spoolReader{b.Open()}, b.Size), b.Size)
 	if err == nil && n < b.Size {
 		err = &badBody{fmt.Errorf("%d of %d bytes", n, b.Size)}
 	}
