@@ -61,6 +61,7 @@ func (r *Relay) sendReport(msg *spool.Message, action dsn.Action, rcpts []spool.
 		Arrival:      msg.Received,
 		RetryUntil:   msg.Received.Add(cfg.Queue.MaxAge.Duration),
 		Headers:      dsn.ReadHeaders(msg.Body()),
+		UTF8:         msg.UTF8,
 	}
 	for _, rc := range rcpts {
 		rep.Recipients = append(rep.Recipients, dsn.Recipient{
@@ -75,7 +76,8 @@ func (r *Relay) sendReport(msg *spool.Message, action dsn.Action, rcpts []spool.
 		})
 	}
 	body := rep.Build(r.now())
-	p, err := r.store.Create(spool.Envelope{From: "", Recipients: []string{msg.From}, Received: time.Now().UTC(), Bounce: true})
+	p, err := r.store.Create(spool.Envelope{From: "", Recipients: []string{msg.From}, Received: time.Now().UTC(), Bounce: true,
+		UTF8: rep.International()})
 	if err != nil {
 		return err
 	}

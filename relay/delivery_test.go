@@ -199,6 +199,45 @@ func TestBouncesAtOnceOnUpstream5xx(t *testing.T) {
 	}
 }
 
+// TestBounceOfAnSMTPUTF8Message: the DSN about a message submitted with
+// SMTPUTF8 uses RFC 6533's forms — message/global-delivery-status, the
+// "utf-8" address type for a non-ASCII recipient, message/global-headers
+// — and reaches a non-ASCII sender over SMTPUTF8.
+func TestBounceOfAnSMTPUTF8Message(t *testing.T) {
+	p := newPKI(t, "Test CA")
+	refuse := func(rcpt string) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	}
+	up := startSink(t, sink.Options{Cert: p.leaf(t, "mx.example.test").TLSCertificate(), Refuse: refuse, SMTPUTF8: true})
+	senderMX := startSink(t, sink.Options{Cert: p.leaf(t, "mx.sender.test").TLSCertificate(), SMTPUTF8: true})
+	tr := startRelay(t, baseConfig(t.TempDir())+
+		destination("example.test", up.Addr(), p.caFile, "mx.example.test")+
+		destination("sender.test", senderMX.Addr(), p.caFile, "mx.sender.test"))
+
+	s := dialRaw(t, tr.Addr().String())
+	s.cmd("EHLO app.test")
+	if reply := sendRaw(t, s, "MAIL FROM:<ünï@sender.test> SMTPUTF8", map[string]string{"RCPT TO:<ëxample@example.test>": "250"}); !strings.HasPrefix(reply, "250") {
+		t.Fatalf("end of data: %q", reply)
+	}
+	if !senderMX.Wait(1, 10*time.Second) {
+		t.Fatal("no DSN reached the sender")
+	}
+	dsn := senderMX.Messages()[0]
+	if dsn.From != "" || len(dsn.To) != 1 || dsn.To[0] != "ünï@sender.test" || !dsn.UTF8 {
+		t.Errorf("DSN envelope from %q to %q, SMTPUTF8 %v; want <> to the sender, with SMTPUTF8", dsn.From, dsn.To, dsn.UTF8)
+	}
+	body := string(dsn.Data)
+	for _, want := range []string{"Content-Type: message/global-delivery-status", "Final-Recipient: utf-8; ëxample@example.test",
+		"Content-Type: message/global-headers", "no such user"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("DSN lacks %q:\n%s", want, body)
+		}
+	}
+	if strings.Contains(body, "message/delivery-status") || strings.Contains(body, "rfc822; ëxample") {
+		t.Errorf("DSN names a UTF-8 recipient in the ASCII-only forms:\n%s", body)
+	}
+}
+
 func TestRejectModeAnswersHonestly(t *testing.T) {
 	p := newPKI(t, "Test CA")
 	good := startSink(t, sink.Options{Cert: p.leaf(t, "mx.good.test").TLSCertificate()})

@@ -48,6 +48,45 @@ type Report struct {
 	Recipients   []Recipient
 	// Headers are the original message's header section.
 	Headers []byte
+	// UTF8 is set when the original message was submitted with SMTPUTF8:
+	// its addresses and headers may be UTF-8.
+	UTF8 bool
+}
+
+// International reports whether the report needs RFC 6533's forms: the
+// original was an SMTPUTF8 message, or an address or a header it quotes
+// is not ASCII. Such a report goes as message/global-delivery-status
+// with message/global-headers, a non-ASCII recipient is named with the
+// "utf-8" address type, and the report itself is sent with SMTPUTF8.
+func (r *Report) International() bool {
+	if r.UTF8 || !isASCII(r.Sender) || !isASCII(string(r.Headers)) {
+		return true
+	}
+	for _, rc := range r.Recipients {
+		if !isASCII(rc.Addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// addressType is the Final-Recipient value for addr: "rfc822; addr", or
+// for a non-ASCII address RFC 6533's "utf-8; addr", the utf-8-address
+// form message/global-delivery-status allows.
+func addressType(addr string) string {
+	if isASCII(addr) {
+		return "rfc822; " + addr
+	}
+	return "utf-8; " + addr
 }
 
 // Build returns the complete message, CRLF line endings throughout.
@@ -72,13 +111,17 @@ func (r *Report) Build(now time.Time) []byte {
 	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n", boundary)
 	writeLines(&b, r.humanText())
 
-	fmt.Fprintf(&b, "\r\n--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
+	statusType, headersType := "message/delivery-status", "text/rfc822-headers"
+	if r.International() {
+		statusType, headersType = "message/global-delivery-status", "message/global-headers"
+	}
+	fmt.Fprintf(&b, "\r\n--%s\r\nContent-Type: %s\r\n\r\n", boundary, statusType)
 	hdr("Reporting-MTA", "dns; "+r.ReportingMTA)
 	hdr("X-Tlsrelay-Queue-ID", r.QueueID)
 	hdr("Arrival-Date", r.Arrival.Format(time.RFC1123Z))
 	for _, rc := range r.Recipients {
 		b.WriteString("\r\n")
-		hdr("Final-Recipient", "rfc822; "+rc.Addr)
+		hdr("Final-Recipient", addressType(rc.Addr))
 		hdr("Action", string(r.Action))
 		hdr("Status", rc.Status)
 		if rc.RemoteMTA != "" {
@@ -93,7 +136,7 @@ func (r *Report) Build(now time.Time) []byte {
 		}
 	}
 
-	fmt.Fprintf(&b, "\r\n--%s\r\nContent-Type: text/rfc822-headers\r\n\r\n", boundary)
+	fmt.Fprintf(&b, "\r\n--%s\r\nContent-Type: %s\r\n\r\n", boundary, headersType)
 	writeLines(&b, string(r.Headers))
 	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes()
