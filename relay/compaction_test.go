@@ -172,3 +172,60 @@ func TestFullOutageIsNotCompacted(t *testing.T) {
 		t.Errorf("%d queued, want %d", got, n)
 	}
 }
+
+// TestCompactionClaimKeepsDeliveriesOff: compaction may take a parked
+// message (idle) but not one a delivery or an operator has; while it has
+// it, no worker touches it, and the probe that comes due meanwhile waits
+// for it instead of being lost: at release the message goes, finds the
+// destination back, and the mail that waited goes with it.
+func TestCompactionClaimKeepsDeliveriesOff(t *testing.T) {
+	quickProbes(t, time.Second)
+	p := newPKI(t, "Test CA")
+	addr := freePort(t)
+	tr := startRelay(t, slowRetries(t.TempDir())+destination("example.test", addr, p.caFile, "mx.example.test"))
+	if _, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the destination down", func() bool {
+		return strings.Contains(tr.logs.String(), "destination down")
+	})
+	reply, err := submit(tr.Addr().String(), "app@sender.test", []string{"rcpt@example.test"}, testBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := reply[strings.LastIndexByte(reply, ' ')+1:]
+	item := func() item {
+		tr.queue.mu.Lock()
+		defer tr.queue.mu.Unlock()
+		return *tr.queue.items[id]
+	}
+	eventually(t, 5*time.Second, "the second message parked", func() bool { return item().parked != "" })
+
+	// An operator's lease excludes compaction.
+	tr.queue.lease(id, func() error {
+		if release, ok := tr.queue.claimIdle(id); ok {
+			release()
+			t.Error("compaction claimed a message an operator holds")
+		}
+		return nil
+	})
+	// The lease took it out of its cohort; it goes back, as its next run would put it.
+	if !tr.queue.park(id, tr.Config().Table.Choose(senderOf("app@sender.test"), "example.test"), time.Now().Add(time.Hour)) {
+		t.Fatal("the destination is no longer down")
+	}
+
+	release, ok := tr.queue.claimIdle(id)
+	if !ok {
+		t.Fatal("compaction could not claim an idle parked message")
+	}
+	up := startSink(t, sink.Options{Addr: addr, Cert: p.leaf(t, "mx.example.test").TLSCertificate()})
+	eventually(t, 5*time.Second, "the probe due while the message is claimed", func() bool { return item().again })
+	time.Sleep(100 * time.Millisecond)
+	if up.Count() != 0 {
+		t.Fatal("a claimed message was delivered")
+	}
+	release()
+	if !up.Wait(2, 5*time.Second) {
+		t.Fatalf("after the claim ended %d of 2 messages went", up.Count())
+	}
+}
