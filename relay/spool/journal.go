@@ -34,7 +34,9 @@ import (
 // (a retry, a hold) is moved out ("spilled") into a file of its own in
 // msg/ once its segment is no longer the one being appended to, so old
 // segments are short-lived; a segment is deleted once it and every older
-// segment hold no live message.
+// segment hold no live message. Mail that waits without attempts (parked
+// with a down destination) is moved out by compaction once its segment
+// is sparse (compact.go).
 //
 // Record: "TRJ1", type byte ('M' message, 'D' done), payload length
 // (uint32, big endian), CRC-32C of type and payload, payload. A message's
