@@ -150,11 +150,21 @@ func (q *queue) probeCohort(dest string) {
 			return // a probe is out; its result renews or ends the suspension
 		}
 	}
+	var busy *item
 	for id := range q.waiting[dest] {
-		if it := q.items[id]; it != nil && it.parked == dest && !it.running {
-			q.makeReadyLocked(it)
-			return
+		if it := q.items[id]; it != nil && it.parked == dest {
+			if !it.running {
+				q.makeReadyLocked(it)
+				return
+			}
+			busy = it
 		}
+	}
+	if busy != nil {
+		// Every parked one is busy this instant (just parked by its
+		// worker, or being moved out of the journal): this one goes as
+		// the probe as soon as it is free.
+		q.makeReadyLocked(busy)
 	}
 }
 

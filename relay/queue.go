@@ -63,6 +63,8 @@ type item struct {
 	running  bool
 	// again is set when the message became due while a worker had it.
 	again bool
+	// queued is set while it waits in ready for a worker.
+	queued bool
 	// parked names the suspended destination whose cohort this message
 	// waits with, without a retry time of its own (cohort.go); "" if none.
 	parked string
@@ -252,6 +254,7 @@ func (q *queue) makeReadyLocked(it *item) {
 		return
 	}
 	q.ready = append(q.ready, it.id)
+	it.queued = true
 	q.cond.Signal()
 }
 
@@ -262,9 +265,10 @@ func (q *queue) size() int {
 }
 
 func (q *queue) start(n int) {
-	q.workers.Add(2)
+	q.workers.Add(3)
 	go q.runScheduler()
 	go q.summarize()
+	go q.compact()
 	for i := 0; i < n; i++ {
 		q.workers.Add(1)
 		go q.work()
@@ -308,6 +312,9 @@ func (q *queue) work() {
 		id := q.ready[0]
 		q.ready = q.ready[1:]
 		it := q.items[id]
+		if it != nil {
+			it.queued = false
+		}
 		if it == nil || it.running {
 			q.mu.Unlock()
 			continue

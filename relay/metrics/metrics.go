@@ -38,6 +38,9 @@ type Metrics struct {
 	LimitWaiting     *prometheus.GaugeVec   // destination: messages waiting for a limit
 	ConnectionsInUse *prometheus.GaugeVec   // destination: connections taken under max_connections
 	Throttles        *prometheus.CounterVec // destination, upstream: throttling replies
+	// JournalCompactedMessages counts messages moved out of sparse journal
+	// segments to files of their own, so that the segments could go.
+	JournalCompactedMessages prometheus.Counter
 }
 
 // QueueStats reports the queue's size and its oldest message, at scrape.
@@ -83,6 +86,8 @@ func New(queue QueueStats) *Metrics {
 		Help: "Connections to a limited destination's upstreams in use."}, []string{"destination"})
 	m.Throttles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_upstream_throttles_total",
 		Help: "Times an upstream throttled the relay and was backed off."}, []string{"destination", "upstream"})
+	m.JournalCompactedMessages = prometheus.NewCounter(prometheus.CounterOpts{Name: "tlsrelay_journal_compacted_messages_total",
+		Help: "Waiting messages moved out of sparse journal segments to files of their own, so that the segments could be deleted."})
 	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_messages",
 		Help: "Messages in the queue."}, func() float64 { n, _ := queue(); return float64(n) })
 	oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tlsrelay_queue_oldest_message_age_seconds",
@@ -95,7 +100,7 @@ func New(queue QueueStats) *Metrics {
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
 		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, m.TLSRPT, tokenExpiry{m}, m.DownSince,
-		m.LimitWaiting, m.ConnectionsInUse, m.Throttles,
+		m.LimitWaiting, m.ConnectionsInUse, m.Throttles, m.JournalCompactedMessages,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")
 	m.Reloads.WithLabelValues("failure")

@@ -34,7 +34,9 @@ import (
 // (a retry, a hold) is moved out ("spilled") into a file of its own in
 // msg/ once its segment is no longer the one being appended to, so old
 // segments are short-lived; a segment is deleted once it and every older
-// segment hold no live message.
+// segment hold no live message. Mail that waits without attempts (parked
+// with a down destination) is moved out by compaction once its segment
+// is sparse (compact.go).
 //
 // Record: "TRJ1", type byte ('M' message, 'D' done), payload length
 // (uint32, big endian), CRC-32C of type and payload, payload. A message's
@@ -73,6 +75,9 @@ type segment struct {
 	size   int64 // bytes written (or read, for an old segment)
 	live   int   // messages in it not yet done
 	failed bool  // a write failed: start a new segment
+	// liveCost is the disk its live messages would take as files of
+	// their own in msg/ (see fileCost): what compacting it would write.
+	liveCost int64
 	// unreadable counts the bytes of an old segment that are in no intact
 	// record; such a segment is damaged, and never deleted.
 	unreadable int64
@@ -87,6 +92,17 @@ type jmsg struct {
 	envOff  int64 // where the JSON envelope starts in seg
 	bodyOff int64 // where the body starts in seg
 	size    int64 // the body's length
+}
+
+// fileBlock is the file system's allocation unit: a file of its own
+// takes whole blocks of it.
+const fileBlock = 4096
+
+// fileCost is the disk the message would take as a file of its own in
+// msg/: the magic line, the body, the envelope trailer, in whole blocks.
+func (m *jmsg) fileCost() int64 {
+	n := int64(len(magic)) + m.size + 1 + (m.bodyOff - m.envOff) + trailerLenSize
+	return (n + fileBlock - 1) / fileBlock * fileBlock
 }
 
 // envelope reads and decodes the message's envelope from its segment.
@@ -126,6 +142,10 @@ type journal struct {
 	writing bool
 	nextSeq uint64
 	syncs   int // fdatasyncs done, for tests of the group commit
+	// maxSize, if set, replaces segmentMaxSize (Store.SetSegmentSize).
+	maxSize int64
+	// removed counts the bytes of the segments collect deleted.
+	removed int64
 	// coming counts messages being received that will commit to the
 	// journal (Create to Commit or Abort); arrived wakes a lingering
 	// leader when one of them is queued.
@@ -196,11 +216,14 @@ func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 			return
 		}
 		start := off + recordHeaderSize
-		j.index[id] = jmsg{seg: seg, envOff: start, bodyOff: start + bodyOff, size: int64(len(payload)) - bodyOff}
+		m := jmsg{seg: seg, envOff: start, bodyOff: start + bodyOff, size: int64(len(payload)) - bodyOff}
+		j.index[id] = m
 		seg.live++
+		seg.liveCost += m.fileCost()
 	case recDone:
 		if m, ok := j.index[string(payload)]; ok {
 			m.seg.live--
+			m.seg.liveCost -= m.fileCost()
 			delete(j.index, string(payload))
 		}
 	}
@@ -440,6 +463,7 @@ func (j *journal) done(id string) {
 	}
 	delete(j.index, id)
 	m.seg.live--
+	m.seg.liveCost -= m.fileCost()
 	j.mu.Unlock()
 	j.submit(&jreq{rec: encodeRecord(recDone, []byte(id))})
 	j.collect()
@@ -478,6 +502,7 @@ func (j *journal) submit(req *jreq) error {
 				b.msg.seg = seg
 				j.index[b.id] = *b.msg
 				seg.live++
+				seg.liveCost += b.msg.fileCost()
 			}
 			b.done, b.err = true, err
 		}
@@ -536,10 +561,27 @@ func (j *journal) wake() {
 	}
 }
 
+// segmentSize is when a new segment is started. Called with j.mu held.
+func (j *journal) segmentSize() int64 {
+	if j.maxSize > 0 {
+		return j.maxSize
+	}
+	return segmentMaxSize
+}
+
+// SetSegmentSize sets the size from which the journal starts a new
+// segment (64 MiB unless set); tests of compaction and collection use
+// small ones.
+func (s *Store) SetSegmentSize(n int64) {
+	s.j.mu.Lock()
+	defer s.j.mu.Unlock()
+	s.j.maxSize = n
+}
+
 // current returns the segment to append to, starting a new one when there
 // is none, it is full, or a write to it failed. Called with j.mu held.
 func (j *journal) current() (*segment, error) {
-	if j.cur != nil && !j.cur.failed && j.cur.size < segmentMaxSize {
+	if j.cur != nil && !j.cur.failed && j.cur.size < j.segmentSize() {
 		return j.cur, nil
 	}
 	seq := j.nextSeq
@@ -615,6 +657,7 @@ func (j *journal) collect() {
 	var gone []*segment
 	for len(j.segs) > 0 && j.segs[0] != j.cur && j.segs[0].live == 0 && j.segs[0].unreadable == 0 {
 		gone = append(gone, j.segs[0])
+		j.removed += j.segs[0].size
 		j.segs = j.segs[1:]
 	}
 	j.mu.Unlock()
@@ -663,26 +706,43 @@ func (j *journal) setWritable() {
 // and every later one on disk. The file is durable before the journal
 // copy is marked done; should a crash come between the two, the file wins
 // at the next start.
+//
+// The caller must have the message to itself: no delivery may be reading
+// it from its segment, which goes once the message is moved out.
 func (s *Store) Spill(id string) error {
+	_, err := s.spill(id)
+	return err
+}
+
+// spill is Spill, and reports whether the message was in the journal.
+func (s *Store) spill(id string) (bool, error) {
 	m, ok := s.j.lookup(id)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	env, err := m.envelope(id)
 	if err != nil {
-		return err
+		return false, err
 	}
 	p := &Pending{store: s, env: env, off: int64(len(magic))}
 	if err := p.toFile(); err != nil {
-		return err
+		return false, err
 	}
 	if _, err := io.Copy(p, io.NewSectionReader(m.seg.f, m.bodyOff, m.size)); err != nil {
 		p.Abort()
-		return fmt.Errorf("spool: spill %s: %w", id, err)
+		return false, fmt.Errorf("spool: spill %s: %w", id, err)
 	}
 	if err := p.Commit(); err != nil {
-		return err
+		return false, err
+	}
+	if spillCommitted != nil {
+		spillCommitted(id)
 	}
 	s.j.done(id)
-	return nil
+	return true, nil
 }
+
+// spillCommitted, if set, is called between a spilled message's file
+// commit and its done record (tests stop the world there, as a crash
+// would).
+var spillCommitted func(id string)

@@ -512,10 +512,14 @@ func (s *Store) Open(id string) (*Message, error) {
 	}
 	if m, ok := s.j.lookup(id); ok {
 		env, err := m.envelope(id)
-		if err != nil {
+		if err == nil {
+			return &Message{Envelope: env, body: m.seg.f, bodyOff: m.bodyOff}, nil
+		}
+		if s.InJournal(id) {
 			return nil, fmt.Errorf("spool: %s: %w", id, err)
 		}
-		return &Message{Envelope: env, body: m.seg.f, bodyOff: m.bodyOff}, nil
+		// Moved out of the journal while it was read (its segment may be
+		// gone with it): its file has it, unless it was delivered.
 	}
 	f, err := os.Open(filepath.Join(s.msgDir, id))
 	if err != nil {
