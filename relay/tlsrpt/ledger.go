@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"tlsrelay/relay/durable"
@@ -105,4 +106,22 @@ func (l *Ledger) write(dir string) error {
 		return err
 	}
 	return durable.WriteFile(LedgerPath(dir, l.Day, l.Domain), append(raw, '\n'), 0o600)
+}
+
+// Summary says in a few words what was done: "no record", "pending",
+// "gave up", or each rua's result and URI.
+func (l *Ledger) Summary() string {
+	switch {
+	case l.Result == NoRecord:
+		return "no record"
+	case l.Result != "":
+		return l.Result
+	case !l.Looked:
+		return Pending
+	}
+	parts := make([]string, len(l.RUAs))
+	for i, r := range l.RUAs {
+		parts[i] = r.Result + " " + r.URI
+	}
+	return strings.Join(parts, ", ")
 }
