@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -8,8 +10,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/dnsx"
+	"tlsrelay/relay/dsn"
+	"tlsrelay/relay/headerfrom"
 	"tlsrelay/relay/mtasts"
 	"tlsrelay/relay/mx"
 	"tlsrelay/relay/spool"
@@ -297,3 +303,70 @@ func MTASTSCacheDir(queueDir string) string { return filepath.Join(queueDir, "mt
 
 // TLSRPTDir is where the TLS-RPT reports are kept in the spool directory.
 func TLSRPTDir(queueDir string) string { return filepath.Join(queueDir, "tlsrpt") }
+
+// startTLSRPTSender starts sending the TLS-RPT reports to the domains'
+// rua ([tlsrpt] send = true); stopTLSRPT stops it.
+func (r *Relay) startTLSRPTSender() {
+	cfg := r.Config()
+	t := cfg.TLSRPT
+	if !t.Send {
+		return
+	}
+	dns := &dnsx.Client{Server: cfg.DNS.Resolver, TrustAD: cfg.DNS.TrustAD, Timeout: cfg.Queue.ConnectTimeout.Duration}
+	var unsigned sync.Once
+	s := &tlsrpt.Sender{Dir: TLSRPTDir(cfg.Queue.Dir), Resolver: dns, From: t.From, MailFrom: t.MailFrom,
+		Org: t.OrganizationName, Contact: t.ContactInfo, Flush: r.reports.Flush, Now: r.now, Log: r.log,
+		Poster: &tlsrpt.Poster{Dial: mx.ResolvingDial(dns, r.mxDial, cfg.DNS.AllowInternalAddresses), Timeout: cfg.Queue.DeliveryTimeout.Duration},
+		Sent:   func(transport, result string) { r.metrics.TLSRPTSent.WithLabelValues(transport, result).Inc() },
+		Queue:  func(from, rcpt string, msg []byte) error { return r.queueTLSRPT(from, rcpt, msg, &unsigned) }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r.stopTLSRPT = func() { cancel(); <-done }
+	go func() { defer close(done); s.Run(ctx) }()
+}
+
+// queueTLSRPT puts a report mail into the spool from the envelope sender
+// from ("" for <>) to rcpt, routed, rewritten and DKIM-signed as any mail
+// from that sender. A report that no destination takes, or that no
+// [[dkim]] key signs (RFC 8460 §5.3: receivers ignore unsigned reports),
+// is a *tlsrpt.SkipError; the latter is also logged once as a warning.
+func (r *Relay) queueTLSRPT(from, rcpt string, msg []byte, unsigned *sync.Once) error {
+	cfg := r.Config()
+	dest := r.Config().Table.Choose(senderOf(from), domainOf(rcpt))
+	if dest == nil {
+		return &tlsrpt.SkipError{Reason: fmt.Sprintf("no [[destination]] takes mail from <%s> to %s; not sent (the relay is no open relay, for its own mail neither)", from, rcpt)}
+	}
+	if mb := headerFromOf(dest); mb != "" {
+		var out bytes.Buffer
+		w := headerfrom.NewWriter(&out, mb)
+		w.Write(msg)
+		if _, err := w.Close(); err == nil {
+			msg = out.Bytes()
+		}
+	}
+	sig, _, err := cfg.Signer.Sign(dsn.ReadHeaders(bytes.NewReader(msg)), bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	if sig == "" {
+		unsigned.Do(func() {
+			r.log.Warn("no [[dkim]] key covers the From of TLS-RPT report mail; receivers ignore unsigned reports (RFC 8460), so report mail is not sent: add a [[dkim]] key for its domain or set [tlsrpt] from", "from", cfg.TLSRPT.From)
+		})
+		return &tlsrpt.SkipError{Reason: "no [[dkim]] key signs the report mail's From (" + cfg.TLSRPT.From + "); receivers ignore unsigned reports"}
+	}
+	p, err := r.store.Create(spool.Envelope{From: from, Recipients: []string{rcpt}, Received: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	p.SetPrepend(sig)
+	if _, err := p.Write(msg); err != nil {
+		p.Abort()
+		return err
+	}
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	r.log.Info("TLS-RPT report mail queued", "id", p.ID(), "to", rcpt, "destination", dest.Name())
+	r.queue.add(p.Envelope())
+	return nil
+}

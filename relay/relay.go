@@ -83,6 +83,8 @@ type Relay struct {
 	// delivery.
 	mxDial  func(ctx context.Context, network, addr string) (net.Conn, error)
 	reports *tlsrpt.Store
+	// stopTLSRPT stops the sending of the reports, if it runs.
+	stopTLSRPT func()
 	// mxHops keeps the hops of delivery to mail exchangers (see mxHop).
 	mxHops hopCache
 	// drops remembers the imported messages handled (see DropTaken).
@@ -198,6 +200,7 @@ func (r *Relay) Start() (err error) {
 	}
 	r.queue.start(cfg.Queue.Workers)
 	go r.recoverQueue(ids)
+	r.startTLSRPTSender()
 	if r.tlsLn != nil {
 		go func() {
 			r.served <- r.server.Serve(&filterListener{Listener: r.tlsLn, relay: r, tlsConfig: r.server.TLSConfig})
@@ -252,6 +255,9 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		if errors.Is(err, context.DeadlineExceeded) {
 			r.log.Warn("sessions still open at shutdown deadline; closing them (their clients had no 250 and will retry)")
 			r.server.Close()
+		}
+		if r.stopTLSRPT != nil {
+			r.stopTLSRPT()
 		}
 		r.queue.stop(ctx)
 		if err := r.reports.Close(); err != nil {

@@ -66,6 +66,7 @@ func (r *Relay) Reload(next *config.Config) {
 	keep("queue.upstream_max_messages", &next.Queue.UpstreamMaxMessages, &cur.Queue.UpstreamMaxMessages)
 	keep("queue.upstream_max_age", &next.Queue.UpstreamMaxAge, &cur.Queue.UpstreamMaxAge)
 	keep("metrics.listen", &next.Metrics.Listen, &cur.Metrics.Listen)
+	keep("tlsrpt", &next.TLSRPT, &cur.TLSRPT)
 	if (next.TLSCert == nil) != (cur.TLSCert == nil) {
 		// STARTTLS is offered or not from the start; a new certificate for
 		// an existing setup is picked up (see newServer's GetCertificate).

@@ -38,10 +38,12 @@ func cmdTLSRPT(args []string, stdout, stderr io.Writer) int {
 				Successful int64  `json:"successful_sessions"`
 				Failed     int64  `json:"failed_sessions"`
 				Path       string `json:"path"`
+				// Sent is the send ledger, absent when nothing was sent.
+				Sent *tlsrpt.Ledger `json:"sent,omitempty"`
 			}
 			out := []entry{}
 			for _, e := range list {
-				out = append(out, entry{e.Day, e.Domain, e.Successful, e.Failed, e.Path})
+				out = append(out, entry{e.Day, e.Domain, e.Successful, e.Failed, e.Path, e.Sent})
 			}
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -52,9 +54,13 @@ func cmdTLSRPT(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "no TLS-RPT reports in %s (they are written by delivery to mail exchangers, upstream = \"mx\")\n", dir)
 			return 0
 		}
-		fmt.Fprintf(stdout, "%-10s  %-30s  %10s  %8s\n", "DAY (UTC)", "POLICY DOMAIN", "SUCCESSFUL", "FAILED")
+		fmt.Fprintf(stdout, "%-10s  %-30s  %10s  %8s  %s\n", "DAY (UTC)", "POLICY DOMAIN", "SUCCESSFUL", "FAILED", "SENT TO RUA")
 		for _, e := range list {
-			fmt.Fprintf(stdout, "%-10s  %-30s  %10d  %8d\n", e.Day, e.Domain, e.Successful, e.Failed)
+			sent := "-"
+			if e.Sent != nil {
+				sent = e.Sent.Summary()
+			}
+			fmt.Fprintf(stdout, "%-10s  %-30s  %10d  %8d  %s\n", e.Day, e.Domain, e.Successful, e.Failed, sent)
 		}
 		return 0
 	}

@@ -37,9 +37,18 @@ func TestTLSRPTCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What was sent of the 28th (the ledger the sender keeps).
+	ledger, _ := json.Marshal(tlsrpt.Ledger{Day: "2026-11-28", Domain: "rpt.test", Looked: true,
+		RUAs: []tlsrpt.RUAState{{URI: "https://r.rpt.test/v1", Result: tlsrpt.Delivered}, {URI: "mailto:r@rpt.test", Result: tlsrpt.Queued}}})
+	os.WriteFile(tlsrpt.LedgerPath(relay.TLSRPTDir(spool), "2026-11-28", "rpt.test"), ledger, 0o600)
+
 	out, code := run()
-	if code != 0 || !strings.Contains(out, "2026-11-28  rpt.test") || !strings.Contains(out, "2026-11-29  rpt.test") {
+	if code != 0 || !strings.Contains(out, "2026-11-28  rpt.test") || !strings.Contains(out, "2026-11-29  rpt.test") ||
+		!strings.Contains(out, "delivered https://r.rpt.test/v1, queued mailto:r@rpt.test\n") || strings.Count(out, "rpt.test ") != 2 {
 		t.Errorf("list: %d\n%s", code, out)
+	}
+	if out, code = run("-json"); code != 0 || !strings.Contains(out, `"result": "delivered"`) {
+		t.Errorf("list -json: %d\n%s", code, out)
 	}
 	out, code = run("rpt.test", "2026-11-28")
 	var rep tlsrpt.Report

@@ -30,6 +30,7 @@ type Config struct {
 	Destination []policy.Spec  `toml:"destination"`
 	DKIM        []signing.Spec `toml:"dkim"`
 	Sendmail    Sendmail       `toml:"sendmail"`
+	TLSRPT      TLSRPT         `toml:"tlsrpt"`
 
 	// Path is the file the configuration was read from.
 	Path string `toml:"-"`
@@ -285,6 +286,7 @@ func (c *Config) check(src string, p *problems) {
 	}
 	c.checkDestinations(src, p)
 	c.checkDNS(bad, p)
+	c.checkTLSRPT(bad, p)
 	if len(c.DKIM) > 0 && !p.undecodedUnder("dkim") {
 		signer, err := signing.Load(c.DKIM)
 		if err != nil {

@@ -28,6 +28,10 @@ type Metrics struct {
 	// TLSRPT counts MX delivery's sessions by TLS-RPT policy type and
 	// result type (success, or an RFC 8460 result type) beside the class.
 	TLSRPT *prometheus.CounterVec // policy, result, class
+	// TLSRPTSent counts the tries to send a TLS-RPT report to a rua, by
+	// transport (https, mailto) and result (delivered, queued, failed,
+	// skipped, gave-up).
+	TLSRPTSent *prometheus.CounterVec // transport, result
 	// DownSince is, per suspended destination, when it went down (Unix
 	// seconds); a destination that works has no series.
 	DownSince *prometheus.GaugeVec // destination
@@ -76,6 +80,9 @@ func New(queue QueueStats) *Metrics {
 		TLSRPT: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_tlsrpt_sessions_total",
 			Help: "Sessions of delivery to mail exchangers, by TLS-RPT policy type (tlsa, sts, no-policy-found), result (success or the RFC 8460 result type) and tlsrelay's failure class."},
 			[]string{"policy", "result", "class"}),
+		TLSRPTSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tlsrelay_tlsrpt_reports_sent_total",
+			Help: "Tries to send a TLS-RPT report to a domain's rua, by transport (https, mailto) and result (delivered, queued, failed: tried again, skipped, gave-up)."},
+			[]string{"transport", "result"}),
 		DownSince: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "tlsrelay_destination_down_since_timestamp_seconds",
 			Help: "When each destination that is down (suspended: its mail waits, one message probes it) went down, Unix seconds; absent while it works."},
 			[]string{"destination"}),
@@ -99,7 +106,7 @@ func New(queue QueueStats) *Metrics {
 		return time.Since(t).Seconds()
 	})
 	m.Registry.MustRegister(m.Accepted, m.Rejected, m.Attempts, m.TLSFailures, m.DeliveryLatency, m.CertExpiry,
-		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, m.TLSRPT, tokenExpiry{m}, m.DownSince,
+		m.Reloads, m.LastReload, m.LastReloadResult, queueSize, oldest, m.TokenRequests, m.TLSRPT, m.TLSRPTSent, tokenExpiry{m}, m.DownSince,
 		m.LimitWaiting, m.ConnectionsInUse, m.Throttles, m.JournalCompactedMessages,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Reloads.WithLabelValues("success")

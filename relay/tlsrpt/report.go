@@ -2,8 +2,8 @@
 // every session of MX delivery is counted, as a success or a failure with
 // its result type, in one report per policy domain and UTC day, kept in
 // memory and written to disk (atomically, now and then: see Store) as RFC
-// 8460 JSON. Sending the reports to the
-// domain's rua is not done.
+// 8460 JSON. With sending on, a Sender sends each past day's reports to
+// the domains' rua (https: and mailto:), keeping a Ledger of what it did.
 package tlsrpt
 
 import (
@@ -338,6 +338,9 @@ type Entry struct {
 	Path        string
 	Successful  int64
 	Failed      int64
+	// Sent is what was done to send it to the domain's rua: nil when
+	// nothing was ([tlsrpt] send is off, or the day is not over).
+	Sent *Ledger
 }
 
 // List returns the reports in dir, oldest day first, domains in order.
@@ -369,6 +372,11 @@ func List(dir string) ([]Entry, error) {
 				return nil, err
 			}
 			e := Entry{Day: d.Name(), Domain: dom, Path: p}
+			if _, err := os.Stat(LedgerPath(dir, e.Day, dom)); err == nil {
+				if e.Sent, err = ReadLedger(dir, e.Day, dom); err != nil {
+					return nil, err
+				}
+			}
 			for _, pr := range r.Policies {
 				e.Successful += pr.Summary.Successful
 				e.Failed += pr.Summary.Failed

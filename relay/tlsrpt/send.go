@@ -1,0 +1,294 @@
+package tlsrpt
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"tlsrelay/relay/dnsx"
+)
+
+// Sending's bounds.
+const (
+	// MaxDaysBack: at start, the reports of this many days before today
+	// that were not sent are sent; older ones are left alone.
+	MaxDaysBack = 7
+	// GiveUpAfter: a report not delivered this long after its day ended
+	// is given up (RFC 8460 §5.3 leaves retries to the submitter).
+	GiveUpAfter = 3 * 24 * time.Hour
+	// retryMin and retryMax bound the backoff between two tries.
+	retryMin = 5 * time.Minute
+	retryMax = 6 * time.Hour
+	// sendDelay is how long after midnight UTC a day's reports are sent:
+	// the last sessions of the day are written by then.
+	sendDelay = time.Minute
+)
+
+// QueueFunc puts a report mail into the relay's queue from the envelope
+// sender from ("" for <>) to rcpt. It returns a *SkipError when the
+// mail cannot go (no destination takes rcpt, no DKIM key): the rua is
+// then not tried again.
+type QueueFunc func(from, rcpt string, msg []byte) error
+
+// SkipError is a report that cannot be sent to a rua, and will not be
+// tried again.
+type SkipError struct {
+	Reason string
+}
+
+func (e *SkipError) Error() string { return e.Reason }
+
+// Sender sends each day's reports to the rua of their policy domains
+// (RFC 8460 §3), after the UTC day ends, keeping a Ledger per report.
+type Sender struct {
+	// Dir is the reports' directory (the Store's).
+	Dir string
+	// Resolver finds the TLS-RPT records.
+	Resolver dnsx.Resolver
+	// Poster sends to https: ruas.
+	Poster *Poster
+	// Queue puts report mail for mailto: ruas into the relay's queue.
+	Queue QueueFunc
+	// From is the report mail's author mailbox; MailFrom its envelope
+	// sender ("" for <>).
+	From, MailFrom string
+	// Org and Contact are the reports' organization-name and
+	// contact-info (RFC 8460 §4.4).
+	Org, Contact string
+	// Flush writes the reports counted so far (the Store's Flush), before
+	// a day's reports are read.
+	Flush func() error
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+	Log *slog.Logger
+	// Sent, if set, is told of each try: transport ("https" or "mailto")
+	// and result (delivered, queued, skipped, gave-up, or failed when it
+	// is tried again).
+	Sent func(transport, result string)
+
+	mu sync.Mutex // one pass at a time
+}
+
+func (s *Sender) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Run sends what is due now and then after each UTC midnight and at each
+// retry, until ctx ends.
+func (s *Sender) Run(ctx context.Context) {
+	for {
+		next := s.Pass(ctx)
+		now := s.now()
+		midnight := now.UTC().Truncate(24 * time.Hour).Add(24*time.Hour + sendDelay)
+		if next.IsZero() || next.After(midnight) {
+			next = midnight
+		}
+		wait := max(next.Sub(now), time.Second)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Pass does one round: for every report of a past day (at most
+// MaxDaysBack back) not done, it looks up the domain's record and sends
+// to each rua that is due. It returns when something is due next (zero:
+// nothing pending).
+func (s *Sender) Pass(ctx context.Context) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now().UTC()
+	today := now.Format(time.DateOnly)
+	oldest := now.AddDate(0, 0, -MaxDaysBack).Format(time.DateOnly)
+	if s.Flush != nil {
+		if err := s.Flush(); err != nil {
+			s.Log.Warn("cannot write the TLS-RPT reports before sending them", "error", err)
+		}
+	}
+	list, err := List(s.Dir)
+	if err != nil {
+		s.Log.Warn("cannot list the TLS-RPT reports to send", "error", err)
+		return now.Add(retryMin)
+	}
+	var next time.Time
+	for _, e := range list {
+		if e.Day >= today || e.Day < oldest || ctx.Err() != nil {
+			continue
+		}
+		n := s.sendOne(ctx, e, now)
+		if !n.IsZero() && (next.IsZero() || n.Before(next)) {
+			next = n
+		}
+	}
+	return next
+}
+
+// backoff is the wait after the n-th failed try.
+func backoff(n int) time.Duration {
+	d := retryMin
+	for i := 1; i < n && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
+// sendOne works on one report; it returns when it is due next.
+func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time {
+	log := s.Log.With("domain", e.Domain, "day", e.Day)
+	l, err := ReadLedger(s.Dir, e.Day, e.Domain)
+	if err != nil {
+		log.Warn("cannot read the TLS-RPT send ledger; the report is not sent until it can be", "error", err)
+		return time.Time{}
+	}
+	if l.Done() {
+		return time.Time{}
+	}
+	dayStart, _ := time.Parse(time.DateOnly, e.Day)
+	giveUp := now.After(dayStart.Add(24*time.Hour + GiveUpAfter))
+	save := func() {
+		if err := l.write(s.Dir); err != nil {
+			log.Warn("cannot write the TLS-RPT send ledger", "error", err)
+		}
+	}
+	if !l.Looked {
+		if now.Before(l.Next) {
+			return l.Next
+		}
+		rec, err := LookupRecord(ctx, s.Resolver, e.Domain)
+		var re *RecordError
+		switch {
+		case errors.Is(err, ErrNoRecord):
+			l.Result, l.Error = NoRecord, ""
+			log.Info("TLS-RPT report not sent: the domain publishes no TLS-RPT record")
+		case errors.As(err, &re):
+			l.Result, l.Error = NoRecord, err.Error()
+			log.Warn("TLS-RPT report not sent: the domain's TLS-RPT record is not usable", "error", err)
+		case err != nil && giveUp:
+			l.Result, l.Error = GaveUp, err.Error()
+			log.Warn("TLS-RPT report given up: the domain's TLS-RPT record could not be looked up", "error", err)
+		case err != nil:
+			l.Attempts++
+			l.Error, l.Next = err.Error(), now.Add(backoff(l.Attempts))
+			log.Info("cannot look up the TLS-RPT record; trying again later", "error", err, "next", l.Next)
+		default:
+			l.Looked, l.Error, l.Attempts, l.Next = true, "", 0, time.Time{}
+			for _, r := range rec.RUAs {
+				l.RUAs = append(l.RUAs, RUAState{URI: r.URI, Result: Pending})
+			}
+		}
+		save()
+		if !l.Looked {
+			return l.Next
+		}
+	}
+	var report *Report
+	var gz []byte
+	var next time.Time
+	for i := range l.RUAs {
+		st := &l.RUAs[i]
+		if st.Result != Pending {
+			continue
+		}
+		if now.Before(st.Next) {
+			if next.IsZero() || st.Next.Before(next) {
+				next = st.Next
+			}
+			continue
+		}
+		rua, err := parseRUA(st.URI)
+		if err != nil || rua == nil {
+			st.Result, st.Error = Skipped, fmt.Sprintf("not a usable rua: %v", err)
+			save()
+			continue
+		}
+		transport := "https"
+		if rua.Mailto != "" {
+			transport = "mailto"
+		}
+		if report == nil {
+			if report, gz, err = s.load(e); err != nil {
+				log.Warn("cannot read the TLS-RPT report to send", "error", err)
+				return now.Add(retryMin)
+			}
+		}
+		st.Attempts++
+		st.Last = now
+		var skip *SkipError
+		if transport == "https" {
+			err = s.Poster.Post(ctx, *rua, gz)
+		} else {
+			m := &Mail{From: s.From, To: rua.Mailto, PolicyDomain: e.Domain, Report: report, Gz: gz}
+			err = s.Queue(s.MailFrom, rua.Mailto, m.Build(now))
+		}
+		switch {
+		case err == nil && transport == "https":
+			st.Result, st.Error, st.Next = Delivered, "", time.Time{}
+		case err == nil:
+			st.Result, st.Error, st.Next = Queued, "", time.Time{}
+		case errors.As(err, &skip):
+			st.Result, st.Error = Skipped, err.Error()
+		case giveUp:
+			st.Result, st.Error = GaveUp, err.Error()
+		default:
+			st.Error, st.Next = err.Error(), now.Add(backoff(st.Attempts))
+		}
+		save()
+		attrs := []any{"rua", st.URI, "result", st.Result, "attempts", st.Attempts}
+		result := st.Result
+		switch st.Result {
+		case Pending:
+			result = "failed"
+			log.Info("TLS-RPT report not sent; trying again later", append(attrs, "error", st.Error, "next", st.Next)...)
+			if next.IsZero() || st.Next.Before(next) {
+				next = st.Next
+			}
+		case GaveUp, Skipped:
+			log.Warn("TLS-RPT report not sent", append(attrs, "error", st.Error)...)
+		default:
+			log.Info("TLS-RPT report sent", attrs...)
+		}
+		if s.Sent != nil {
+			s.Sent(transport, result)
+		}
+	}
+	return next
+}
+
+// load reads a report for sending: organization-name and contact-info
+// are the Sender's, and the JSON is gzip'ed.
+func (s *Sender) load(e Entry) (*Report, []byte, error) {
+	r, err := readReport(e.Path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.Org != "" {
+		r.OrganizationName = s.Org
+	}
+	if s.Contact != "" {
+		r.ContactInfo = s.Contact
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	zw.Write(raw)
+	if err := zw.Close(); err != nil {
+		return nil, nil, err
+	}
+	return r, b.Bytes(), nil
+}
