@@ -316,7 +316,7 @@ func (r *Relay) startTLSRPTSender() {
 	var unsigned sync.Once
 	s := &tlsrpt.Sender{Dir: TLSRPTDir(cfg.Queue.Dir), Resolver: dns, From: t.From, MailFrom: t.MailFrom,
 		Org: t.OrganizationName, Contact: t.ContactInfo, Flush: r.reports.Flush, Now: r.now, Log: r.log,
-		Poster: &tlsrpt.Poster{Dial: mx.ResolvingDial(dns, r.mxDial, cfg.DNS.AllowInternalAddresses), Timeout: cfg.Queue.DeliveryTimeout.Duration},
+		Poster: &tlsrpt.Poster{Dial: mx.ResolvingDial(dns, r.mxDial, cfg.DNS.AllowInternalAddresses, "the TLS-RPT report endpoint"), Timeout: cfg.Queue.DeliveryTimeout.Duration},
 		Sent:   func(transport, result string) { r.metrics.TLSRPTSent.WithLabelValues(transport, result).Inc() },
 		Queue:  func(from, rcpt string, msg []byte) error { return r.queueTLSRPT(from, rcpt, msg, &unsigned) }}
 	ctx, cancel := context.WithCancel(context.Background())

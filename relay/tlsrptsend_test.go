@@ -157,6 +157,19 @@ func TestTLSRPTMailtoReport(t *testing.T) {
 	}
 }
 
+// TestTLSRPTInternalEndpointRefused: without [dns]
+// allow_internal_addresses, an https: rua whose host resolves to an
+// internal address is not dialed, and the log names it as the report
+// endpoint (not as some other server) and what allows it.
+func TestTLSRPTInternalEndpointRefused(t *testing.T) {
+	w := newTLSRPTWorld(t)
+	w.DNS.MustAdd(`_smtp._tls.second.test. TXT "v=TLSRPTv1; rua=https://tlsrpt.reports.test/v1"`, "tlsrpt.reports.test. A 127.0.0.1")
+	cfg := strings.Replace(w.cfg("\n[tlsrpt]\nsend = true\n"), "allow_internal_addresses = true", "allow_internal_addresses = false", 1)
+	tr := startRelayWith(t, cfg, Options{MXDial: w.Dial})
+	want := "the TLS-RPT report endpoint tlsrpt.reports.test resolves to 127.0.0.1, an internal address; refused (set [dns] allow_internal_addresses to allow)"
+	eventually(t, 5*time.Second, "the refusal in the log", func() bool { return strings.Contains(tr.logs.String(), want) })
+}
+
 // TestTLSRPTOffByDefault: without [tlsrpt] send = true nothing is looked
 // up, sent or recorded.
 func TestTLSRPTOffByDefault(t *testing.T) {

@@ -43,7 +43,7 @@ func NewPlanner(s Setup) *Planner {
 		DNS:     dns,
 		Cache:   &mtasts.Cache{Dir: s.CacheDir},
 		Now:     s.Now,
-		Fetcher: &mtasts.Fetcher{Roots: s.Roots, Timeout: s.Timeout, Dial: ResolvingDial(dns, s.Dial, s.AllowInternal)},
+		Fetcher: &mtasts.Fetcher{Roots: s.Roots, Timeout: s.Timeout, Dial: ResolvingDial(dns, s.Dial, s.AllowInternal, "the MTA-STS policy server")},
 	}}
 }
 
@@ -65,8 +65,9 @@ func (e *InternalAddressError) Error() string {
 // ResolvingDial connects to host:port, finding host's addresses with dns
 // (never the system's resolver), trying each in turn. Unless
 // allowInternal, an internal address is not dialed
-// (InternalAddressError).
-func ResolvingDial(dns dnsx.Resolver, dial DialFunc, allowInternal bool) DialFunc {
+// (InternalAddressError, which names the host as what, e.g. "the MTA-STS
+// policy server").
+func ResolvingDial(dns dnsx.Resolver, dial DialFunc, allowInternal bool, what string) DialFunc {
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
@@ -85,7 +86,7 @@ func ResolvingDial(dns dnsx.Resolver, dial DialFunc, allowInternal bool) DialFun
 		var errs []error
 		for _, ip := range addrs.IPs {
 			if !allowInternal && policy.IsInternalAddress(ip) {
-				errs = append(errs, &InternalAddressError{What: "the MTA-STS policy server", Host: host, Addr: ip})
+				errs = append(errs, &InternalAddressError{What: what, Host: host, Addr: ip})
 				continue
 			}
 			c, err := dial(ctx, "tcp", net.JoinHostPort(ip.String(), port))
