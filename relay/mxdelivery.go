@@ -316,13 +316,23 @@ func (r *Relay) startTLSRPTSender() {
 	var unsigned sync.Once
 	s := &tlsrpt.Sender{Dir: TLSRPTDir(cfg.Queue.Dir), Resolver: dns, From: t.From, MailFrom: t.MailFrom,
 		Org: t.OrganizationName, Contact: t.ContactInfo, Flush: r.reports.Flush, Now: r.now, Log: r.log,
-		Poster: &tlsrpt.Poster{Dial: mx.ResolvingDial(dns, r.mxDial, cfg.DNS.AllowInternalAddresses, "the TLS-RPT report endpoint"), Timeout: cfg.Queue.DeliveryTimeout.Duration},
+		Poster: &tlsrpt.Poster{Dial: mx.ResolvingDial(dns, r.mxDial, cfg.DNS.AllowInternalAddresses, "the TLS-RPT report endpoint")},
 		Sent:   func(transport, result string) { r.metrics.TLSRPTSent.WithLabelValues(transport, result).Inc() },
 		Queue:  func(from, rcpt string, msg []byte) error { return r.queueTLSRPT(from, rcpt, msg, &unsigned) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	r.stopTLSRPT = func() { cancel(); <-done }
-	go func() { defer close(done); s.Run(ctx) }()
+	go func() {
+		defer close(done)
+		defer func() {
+			// Reports are statistics: a fault in sending them must not
+			// take the relay, and the mail it holds, down with it.
+			if v := recover(); v != nil {
+				r.log.Error("TLS-RPT report sending stopped by an internal error; reports are no longer sent until restart", "panic", fmt.Sprint(v))
+			}
+		}()
+		s.Run(ctx)
+	}()
 }
 
 // queueTLSRPT puts a report mail into the spool from the envelope sender

@@ -40,10 +40,16 @@ func cmdTLSRPT(args []string, stdout, stderr io.Writer) int {
 				Path       string `json:"path"`
 				// Sent is the send ledger, absent when nothing was sent.
 				Sent *tlsrpt.Ledger `json:"sent,omitempty"`
+				// Error says why the report or its ledger could not be read.
+				Error string `json:"error,omitempty"`
 			}
 			out := []entry{}
 			for _, e := range list {
-				out = append(out, entry{e.Day, e.Domain, e.Successful, e.Failed, e.Path, e.Sent})
+				var msg string
+				if e.Err != nil {
+					msg = e.Err.Error()
+				}
+				out = append(out, entry{e.Day, e.Domain, e.Successful, e.Failed, e.Path, e.Sent, msg})
 			}
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
@@ -57,7 +63,10 @@ func cmdTLSRPT(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%-10s  %-30s  %10s  %8s  %s\n", "DAY (UTC)", "POLICY DOMAIN", "SUCCESSFUL", "FAILED", "SENT TO RUA")
 		for _, e := range list {
 			sent := "-"
-			if e.Sent != nil {
+			switch {
+			case e.Err != nil:
+				sent = "unreadable: " + e.Err.Error()
+			case e.Sent != nil:
 				sent = e.Sent.Summary()
 			}
 			fmt.Fprintf(stdout, "%-10s  %-30s  %10d  %8d  %s\n", e.Day, e.Domain, e.Successful, e.Failed, sent)

@@ -99,6 +99,10 @@ func ReadLedger(dir, day, domain string) (*Ledger, error) {
 	return &l, nil
 }
 
+// writeLedger is Ledger.write; tests replace it to make a write fail the
+// way a full disk does.
+var writeLedger = func(dir string, l *Ledger) error { return l.write(dir) }
+
 // write replaces the ledger on disk (atomically, durably).
 func (l *Ledger) write(dir string) error {
 	raw, err := json.MarshalIndent(l, "", "  ")

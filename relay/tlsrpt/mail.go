@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"mime"
 	"mime/multipart"
+	"mime/quotedprintable"
 	"net/textproto"
 	"strings"
 	"time"
@@ -61,13 +62,17 @@ func (m *Mail) Build(now time.Time) []byte {
 	h("Content-Type", `multipart/report; report-type="tlsrpt"; boundary="`+mp.Boundary()+`"`)
 	b.WriteString("\r\n")
 
-	text, _ := mp.CreatePart(textproto.MIMEHeader{"Content-Type": {"text/plain; charset=us-ascii"}, "Content-Transfer-Encoding": {"7bit"}})
+	// The organization's name may be UTF-8: quoted-printable keeps the
+	// part 7-bit whatever it holds.
+	part, _ := mp.CreatePart(textproto.MIMEHeader{"Content-Type": {"text/plain; charset=utf-8"}, "Content-Transfer-Encoding": {"quoted-printable"}})
+	text := quotedprintable.NewWriter(part)
 	fmt.Fprintf(text, "This is an aggregate TLS report (RFC 8460) from %s: the sessions it had\r\n"+
 		"delivering mail to %s, successful and failed, from %s to %s UTC.\r\n"+
 		"You receive it because the TLS-RPT record of the domain (_smtp._tls TXT)\r\n"+
 		"names this address in rua.\r\n\r\nPolicy Domain: %s\r\nSubmitter: %s\r\nReport-ID: %s\r\n",
 		r.OrganizationName, m.PolicyDomain, r.DateRange.Start.Format(time.DateTime), r.DateRange.End.Format(time.DateTime),
 		m.PolicyDomain, m.submitter(), r.ReportID)
+	text.Close()
 
 	name := m.Filename()
 	att, _ := mp.CreatePart(textproto.MIMEHeader{

@@ -91,11 +91,12 @@ func LookupRecord(ctx context.Context, res dnsx.Resolver, domain string) (*Recor
 	return rec, nil
 }
 
-// isTLSRPT reports whether a TXT record is meant as a TLS-RPT record: its
-// version field comes first.
+// isTLSRPT reports whether a TXT record is meant as a TLS-RPT record: it
+// begins with the version field and its ';' (RFC 8460 §3: other records
+// are discarded, so a bare "v=TLSRPTv1" is not counted).
 func isTLSRPT(txt string) bool {
-	v, _, _ := strings.Cut(txt, ";")
-	return strings.TrimRight(v, " \t") == "v=TLSRPTv1"
+	v, _, ok := strings.Cut(txt, ";")
+	return ok && strings.TrimRight(v, " \t") == "v=TLSRPTv1"
 }
 
 // ParseRecord parses a TLS-RPT record strictly, as RFC 8460 §3 writes it:

@@ -338,6 +338,10 @@ type Entry struct {
 	Path        string
 	Successful  int64
 	Failed      int64
+	// Err is why the report or its ledger could not be read (the counts
+	// and Sent are then missing): one damaged file is that report's
+	// problem, not the list's.
+	Err error
 	// Sent is what was done to send it to the domain's rua: nil when
 	// nothing was ([tlsrpt] send is off, or the day is not over).
 	Sent *Ledger
@@ -367,14 +371,16 @@ func List(dir string) ([]Entry, error) {
 				continue
 			}
 			p := filepath.Join(dir, d.Name(), f.Name())
+			e := Entry{Day: d.Name(), Domain: dom, Path: p}
 			r, err := readReport(p)
 			if err != nil {
-				return nil, err
+				e.Err = err
+				out = append(out, e)
+				continue
 			}
-			e := Entry{Day: d.Name(), Domain: dom, Path: p}
 			if _, err := os.Stat(LedgerPath(dir, e.Day, dom)); err == nil {
 				if e.Sent, err = ReadLedger(dir, e.Day, dom); err != nil {
-					return nil, err
+					e.Sent, e.Err = nil, err
 				}
 			}
 			for _, pr := range r.Policies {

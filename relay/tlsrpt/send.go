@@ -7,7 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,6 +77,11 @@ type Sender struct {
 	Sent func(transport, result string)
 
 	mu sync.Mutex // one pass at a time
+	// memo is the ledger of each report as this process last made it
+	// (by ledger path): when a ledger cannot be written (a full disk), the
+	// next pass goes on from here, so a rua that took the report is not
+	// sent it again, nor are backoffs lost.
+	memo map[string]*Ledger
 }
 
 func (s *Sender) now() time.Time {
@@ -118,15 +127,15 @@ func (s *Sender) Pass(ctx context.Context) time.Time {
 			s.Log.Warn("cannot write the TLS-RPT reports before sending them", "error", err)
 		}
 	}
-	list, err := List(s.Dir)
+	list, err := listDays(s.Dir, oldest, today)
 	if err != nil {
 		s.Log.Warn("cannot list the TLS-RPT reports to send", "error", err)
 		return now.Add(retryMin)
 	}
 	var next time.Time
 	for _, e := range list {
-		if e.Day >= today || e.Day < oldest || ctx.Err() != nil {
-			continue
+		if ctx.Err() != nil {
+			break
 		}
 		n := s.sendOne(ctx, e, now)
 		if !n.IsZero() && (next.IsZero() || n.Before(next)) {
@@ -148,21 +157,38 @@ func backoff(n int) time.Duration {
 // sendOne works on one report; it returns when it is due next.
 func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time {
 	log := s.Log.With("domain", e.Domain, "day", e.Day)
-	l, err := ReadLedger(s.Dir, e.Day, e.Domain)
-	if err != nil {
-		log.Warn("cannot read the TLS-RPT send ledger; the report is not sent until it can be", "error", err)
-		return time.Time{}
+	key := LedgerPath(s.Dir, e.Day, e.Domain)
+	l, memoized := s.memo[key]
+	if !memoized {
+		var err error
+		if l, err = ReadLedger(s.Dir, e.Day, e.Domain); err != nil {
+			log.Warn("cannot read the TLS-RPT send ledger; the report is not sent until it can be", "error", err)
+			return time.Time{}
+		}
+	}
+	// save writes the ledger. When it cannot, the report is left for a
+	// later pass, which goes on from the memo: nothing is sent twice
+	// because a ledger could not be written.
+	save := func() bool {
+		if err := writeLedger(s.Dir, l); err != nil {
+			if s.memo == nil {
+				s.memo = map[string]*Ledger{}
+			}
+			s.memo[key] = l
+			log.Warn("cannot write the TLS-RPT send ledger; the report waits until it can be written", "error", err)
+			return false
+		}
+		delete(s.memo, key)
+		return true
 	}
 	if l.Done() {
+		if memoized && !save() {
+			return now.Add(retryMin)
+		}
 		return time.Time{}
 	}
 	dayStart, _ := time.Parse(time.DateOnly, e.Day)
 	giveUp := now.After(dayStart.Add(24*time.Hour + GiveUpAfter))
-	save := func() {
-		if err := l.write(s.Dir); err != nil {
-			log.Warn("cannot write the TLS-RPT send ledger", "error", err)
-		}
-	}
 	if !l.Looked {
 		if now.Before(l.Next) {
 			return l.Next
@@ -189,7 +215,9 @@ func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time 
 				l.RUAs = append(l.RUAs, RUAState{URI: r.URI, Result: Pending})
 			}
 		}
-		save()
+		if !save() {
+			return now.Add(retryMin)
+		}
 		if !l.Looked {
 			return l.Next
 		}
@@ -211,7 +239,9 @@ func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time 
 		rua, err := parseRUA(st.URI)
 		if err != nil || rua == nil {
 			st.Result, st.Error = Skipped, fmt.Sprintf("not a usable rua: %v", err)
-			save()
+			if !save() {
+				return now.Add(retryMin)
+			}
 			continue
 		}
 		transport := "https"
@@ -245,7 +275,7 @@ func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time 
 		default:
 			st.Error, st.Next = err.Error(), now.Add(backoff(st.Attempts))
 		}
-		save()
+		saved := save()
 		attrs := []any{"rua", st.URI, "result", st.Result, "attempts", st.Attempts}
 		result := st.Result
 		switch st.Result {
@@ -263,8 +293,43 @@ func (s *Sender) sendOne(ctx context.Context, e Entry, now time.Time) time.Time 
 		if s.Sent != nil {
 			s.Sent(transport, result)
 		}
+		if !saved {
+			return now.Add(retryMin)
+		}
 	}
 	return next
+}
+
+// listDays lists the reports of the days from oldest up to (not
+// including) today, without reading them: what a pass works on. A report
+// or ledger that cannot be read is the concern of that report alone.
+func listDays(dir, oldest, today string) ([]Entry, error) {
+	days, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, d := range days {
+		day := d.Name()
+		if _, err := time.Parse(time.DateOnly, day); err != nil || !d.IsDir() || day < oldest || day >= today {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, day))
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range files {
+			dom, ok := strings.CutSuffix(f.Name(), ".json")
+			if !ok || strings.HasPrefix(dom, ".") {
+				continue
+			}
+			out = append(out, Entry{Day: day, Domain: dom, Path: filepath.Join(dir, day, f.Name())})
+		}
+	}
+	return out, nil
 }
 
 // load reads a report for sending: organization-name and contact-info

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -89,11 +91,17 @@ func TestLookupRecord(t *testing.T) {
 	defer dns.Close()
 	dns.MustAdd(`_smtp._tls.one.test. TXT "v=spf1 -all"`, `_smtp._tls.one.test. TXT "v=TLSRPTv1; rua=mailto:r@one.test"`,
 		`_smtp._tls.two.test. TXT "v=TLSRPTv1; rua=mailto:r@two.test"`, `_smtp._tls.two.test. TXT "v=TLSRPTv1; rua=mailto:s@two.test"`,
-		`_smtp._tls.other.test. TXT "v=STSv1; id=1"`, `_smtp._tls.bad.test. TXT "v=TLSRPTv1; rua=r@bad.test"`)
+		`_smtp._tls.other.test. TXT "v=STSv1; id=1"`, `_smtp._tls.bad.test. TXT "v=TLSRPTv1; rua=r@bad.test"`,
+		// A bare version is no TLS-RPT record (it lacks its ';'), so
+		// bare.test has one record, not two.
+		`_smtp._tls.bare.test. TXT "v=TLSRPTv1"`, `_smtp._tls.bare.test. TXT "v=TLSRPTv1; rua=mailto:r@bare.test"`)
 	res := &dnsx.Client{Server: dns.Addr()}
 	ctx := context.Background()
 	if rec, err := LookupRecord(ctx, res, "one.test"); err != nil || len(rec.RUAs) != 1 || rec.RUAs[0].Mailto != "r@one.test" {
 		t.Errorf("one.test: %+v, %v", rec, err)
+	}
+	if rec, err := LookupRecord(ctx, res, "bare.test"); err != nil || len(rec.RUAs) != 1 || rec.RUAs[0].Mailto != "r@bare.test" {
+		t.Errorf("bare.test: %+v, %v", rec, err)
 	}
 	var re *RecordError
 	if _, err := LookupRecord(ctx, res, "two.test"); !errors.As(err, &re) || !strings.Contains(err.Error(), "2 records") {
@@ -305,5 +313,67 @@ func TestSendRetriesThenGivesUp(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "result=gave-up") || !strings.Contains(logs.String(), "HTTP 500") {
 		t.Errorf("logs:\n%s", logs.String())
+	}
+}
+
+// TestSendLedgerWriteFails: while ledgers cannot be written (a full
+// disk), a report a rua took is not sent to it again, pass after pass;
+// once they can, the ledger says it was delivered. An unreadable report
+// or ledger of another day does not stop the rest.
+func TestSendLedgerWriteFails(t *testing.T) {
+	dns, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	dns.MustAdd(`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
+	rs := startRPTServer(t, "reports.rcpt.test")
+	dir := t.TempDir()
+	day := time.Date(2026, 11, 28, 15, 0, 0, 0, time.UTC)
+	writeDay(t, dir, "rcpt.test", day)
+	// Damage of other days: a report and a ledger that do not parse.
+	writeDay(t, dir, "older.test", day.Add(-24*time.Hour))
+	if err := os.WriteFile(filepath.Join(dir, "2026-11-27", "older.test.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeDay(t, dir, "oldest.test", day.Add(-48*time.Hour))
+	if err := os.WriteFile(LedgerPath(dir, "2026-11-26", "oldest.test"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now := day.Add(9*time.Hour + 2*time.Minute)
+	var logs logLines
+	s := &Sender{Dir: dir, Resolver: &dnsx.Client{Server: dns.Addr()}, Poster: &Poster{Dial: rs.dial, Roots: rs.roots},
+		Now: func() time.Time { return now }, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+
+	full := errors.New("no space left on device")
+	orig := writeLedger
+	t.Cleanup(func() { writeLedger = orig })
+	writeLedger = func(string, *Ledger) error { return full }
+	for i := 0; i < 5; i++ {
+		next := s.Pass(context.Background())
+		if next.IsZero() {
+			t.Fatalf("pass %d: nothing due next while the ledger is not written", i)
+		}
+		now = next
+	}
+	if rs.count() != 1 {
+		t.Fatalf("%d POSTs while the ledger could not be written, want 1\n%s", rs.count(), logs.String())
+	}
+	writeLedger = orig
+	if next := s.Pass(context.Background()); !next.IsZero() {
+		t.Errorf("next %v after the ledger was written", next)
+	}
+	l, err := ReadLedger(dir, "2026-11-28", "rcpt.test")
+	if err != nil || len(l.RUAs) != 1 || l.RUAs[0].Result != Delivered || rs.count() != 1 {
+		t.Fatalf("ledger %+v, %v; %d POSTs", l, err, rs.count())
+	}
+	list, err := List(dir)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("List with damaged files: %d entries, %v", len(list), err)
+	}
+	for _, e := range list {
+		if (e.Domain == "rcpt.test") != (e.Err == nil) {
+			t.Errorf("%s %s: Err %v", e.Day, e.Domain, e.Err)
+		}
 	}
 }
