@@ -17,11 +17,14 @@ import (
 //
 // Only a sparse segment is compacted: one whose live messages, as files
 // of their own (whole 4 KiB blocks each), would take at most a quarter of
-// a full segment (compactSparse). Compacting then frees at least three
+// a full segment, and are at most a quarter of the messages it held
+// (compactSparse). Compacting a full segment then frees at least three
 // times the disk it writes, and costs at most 4,096 files and fsyncs per
 // 64 MiB segment. A segment that is mostly live — a full outage, every
-// message waiting — is left alone: as files its messages would take more
-// disk than the segment, and 200,000 of them 200,000 files.
+// message waiting — is left alone, also when it is short (the open
+// segment of a relay restarted during an outage): as files its messages
+// would take more disk than the segment, and 200,000 of them 200,000
+// files.
 //
 // Crash safety is Spill's: a message's file is durable before its
 // journal copy is marked done, and at start a file in msg/ wins over a
@@ -31,6 +34,13 @@ import (
 // compactSparse: a segment is compacted when its live messages would take
 // at most 1/compactSparse of a full segment as files.
 const compactSparse = 4
+
+// compactMaxMoves bounds the messages one pass moves (each a file and two
+// fsyncs, which share the disk with the commits of arriving mail): the
+// backlog of days of a partial outage is worked off over several passes,
+// not in one long one. A segment is moved whole or not at all in a pass;
+// one sparse segment holds at most 4,096.
+var compactMaxMoves = 8192
 
 // Compaction is what Compact did with one journal segment.
 type Compaction struct {
@@ -61,7 +71,12 @@ func (s *Store) Compact(claim func(id string) (release func(), ok bool)) ([]Comp
 	j.collect()
 	segs, live := j.sparse()
 	var out []Compaction
+	budget := compactMaxMoves
 	for _, seg := range segs {
+		if budget < len(live[seg]) {
+			break // the next pass goes on from here
+		}
+		budget -= len(live[seg])
 		c := Compaction{Segment: filepath.Base(seg.path)}
 		before := j.removedBytes()
 		var err error
@@ -110,7 +125,7 @@ func (j *journal) sparse() ([]*segment, map[*segment][]string) {
 		if seg.live == 0 {
 			continue
 		}
-		if seg.liveCost*compactSparse > max(seg.size, full) {
+		if seg.liveCost*compactSparse > max(seg.size, full) || seg.live*compactSparse > seg.msgs {
 			break
 		}
 		segs = append(segs, seg)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -203,4 +204,99 @@ func TestCompactionKilledBetweenFileAndDoneRecord(t *testing.T) {
 		t.Errorf("segments %v after compaction resumed on the restarted spool, which had %v", after, old)
 	}
 	checkSpool(t, snap, kept, bodies)
+}
+
+// TestListWhileMessagesMoveOut: List never misses a message that is
+// being moved out of the journal (Spill, compaction) while it runs: the
+// drop importer's exactly-once check relies on List.
+func TestListWhileMessagesMoveOut(t *testing.T) {
+	s := openRecovered(t, t.TempDir())
+	s.SetSegmentSize(64 << 10)
+	kept, _ := fillSegments(t, s, 600, 2)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	missed := 0
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ids, err := s.List()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			have := make(map[string]int, len(ids))
+			for _, id := range ids {
+				have[id]++
+			}
+			for _, id := range kept {
+				if have[id] != 1 {
+					missed++
+				}
+			}
+		}
+	}()
+	for _, id := range kept {
+		if err := s.Spill(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if missed > 0 {
+		t.Errorf("List missed or doubled a message being moved out of the journal %d times", missed)
+	}
+}
+
+// TestShortSegmentOfWaitingMailIsNotCompacted: a relay restarted during
+// a full outage leaves a short segment in which every message waits; it
+// is not sparse, so it is not turned into a file per message.
+func TestShortSegmentOfWaitingMailIsNotCompacted(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	for i := 0; i < 300; i++ {
+		commitSmall(t, s, fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("x", 1000)))
+	}
+	s2 := openRecovered(t, dir) // the open segment is an old one now
+	if _, err := s2.Compact(claimAll); err != nil {
+		t.Fatal(err)
+	}
+	if files, _ := os.ReadDir(filepath.Join(dir, "msg")); len(files) > 0 {
+		t.Errorf("a short segment in which every message waits was compacted into %d files", len(files))
+	}
+}
+
+// TestCompactionPassIsBounded: one pass moves at most compactMaxMoves
+// messages, whole segments at a time; the next pass goes on.
+func TestCompactionPassIsBounded(t *testing.T) {
+	dir := t.TempDir()
+	s := openRecovered(t, dir)
+	kept, _ := fillSegments(t, s, 600, 8)
+	old := compactMaxMoves
+	t.Cleanup(func() { compactMaxMoves = old })
+	compactMaxMoves = 10
+	done, err := s.Compact(claimAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	for _, c := range done {
+		moved += c.Moved
+	}
+	if moved == 0 || moved > 10 {
+		t.Fatalf("first pass moved %d messages, want 1 to 10", moved)
+	}
+	compactMaxMoves = old
+	if _, err := s.Compact(claimAll); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := os.ReadDir(filepath.Join(dir, "msg"))
+	if len(files) < len(kept)-40 { // all but those of the open segment and its neighbour
+		t.Errorf("after the second pass %d of %d waiting messages are files", len(files), len(kept))
+	}
 }

@@ -78,6 +78,8 @@ type segment struct {
 	// liveCost is the disk its live messages would take as files of
 	// their own in msg/ (see fileCost): what compacting it would write.
 	liveCost int64
+	// msgs counts the message records it holds, live or done.
+	msgs int
 	// unreadable counts the bytes of an old segment that are in no intact
 	// record; such a segment is damaged, and never deleted.
 	unreadable int64
@@ -212,6 +214,9 @@ func (j *journal) apply(seg *segment, typ byte, payload []byte, off int64) {
 	switch typ {
 	case recMessage:
 		id, bodyOff, ok := payloadID(payload)
+		if ok {
+			seg.msgs++
+		}
 		if _, dup := j.index[id]; !ok || dup || j.skip(id) {
 			return
 		}
@@ -502,6 +507,7 @@ func (j *journal) submit(req *jreq) error {
 				b.msg.seg = seg
 				j.index[b.id] = *b.msg
 				seg.live++
+				seg.msgs++
 				seg.liveCost += b.msg.fileCost()
 			}
 			b.done, b.err = true, err

@@ -675,17 +675,23 @@ func (s *Store) Recover() ([]string, error) {
 
 // List returns the ids of committed messages, oldest first (ids sort by
 // time).
+//
+// The journal is read before msg/: a message moved out of the journal
+// meanwhile (Spill, compaction) has its file in msg/ before its journal
+// copy is done, so it is listed either way, never missed (the drop
+// importer's exactly-once check relies on that); one seen in both is
+// listed once.
 func (s *Store) List() ([]string, error) {
+	ids := s.j.ids()
 	entries, err := os.ReadDir(s.msgDir)
 	if err != nil {
 		return nil, err
 	}
-	ids := s.j.ids()
 	for _, e := range entries {
-		if validID(e.Name()) && !s.InJournal(e.Name()) {
+		if validID(e.Name()) {
 			ids = append(ids, e.Name())
 		}
 	}
 	slices.Sort(ids)
-	return ids, nil
+	return slices.Compact(ids), nil
 }
