@@ -623,10 +623,24 @@ func (s *Store) setHasState(id string, has bool) {
 }
 
 // Quarantine moves a message that cannot be decoded to corrupt/, so that
-// it is neither delivered nor lost.
+// it is neither delivered nor lost. A message in the journal is copied
+// there as its record's payload (corrupt/<id>.record, durable first),
+// then marked done: a live record nobody can deliver would otherwise
+// keep its segment, and every later one, on disk for good.
 func (s *Store) Quarantine(id string) error {
 	if !validID(id) {
 		return fmt.Errorf("spool: invalid id %q", id)
+	}
+	if m, ok := s.j.lookup(id); ok {
+		raw := make([]byte, m.bodyOff+m.size-m.envOff)
+		if _, err := m.seg.f.ReadAt(raw, m.envOff); err != nil {
+			return fmt.Errorf("spool: quarantine %s: %w", id, err)
+		}
+		if err := durable.WriteFile(filepath.Join(s.dir, "corrupt", id+".record"), raw, 0o600); err != nil {
+			return err
+		}
+		s.j.done(id)
+		return nil
 	}
 	return os.Rename(filepath.Join(s.msgDir, id), filepath.Join(s.dir, "corrupt", id))
 }
