@@ -354,7 +354,8 @@ func (r *Relay) queueTLSRPT(from, rcpt string, msg []byte, unsigned *sync.Once) 
 			msg = out.Bytes()
 		}
 	}
-	sig, _, err := cfg.Signer.Sign(dsn.ReadHeaders(bytes.NewReader(msg)), bytes.NewReader(msg))
+	// RFC 8460 §5.3: the signature covers the report's own fields too.
+	sig, _, err := cfg.Signer.Sign(dsn.ReadHeaders(bytes.NewReader(msg)), bytes.NewReader(msg), "TLS-Report-Domain", "TLS-Report-Submitter")
 	if err != nil {
 		return err
 	}

@@ -82,7 +82,11 @@ func TestTLSRPTMailtoReport(t *testing.T) {
 		return nil, fmt.Errorf("no TXT for %s", name)
 	}})
 	if err != nil || len(verifs) != 1 || verifs[0].Err != nil || verifs[0].Domain != "relay.test" {
-		t.Errorf("DKIM: %v %+v", err, verifs)
+		t.Fatalf("DKIM: %v %+v", err, verifs)
+	}
+	signed := strings.ToLower(strings.Join(verifs[0].HeaderKeys, ":"))
+	if !strings.Contains(signed, "tls-report-domain") || !strings.Contains(signed, "tls-report-submitter") {
+		t.Errorf("the DKIM signature does not cover the report's fields: h=%s", signed)
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
 	if err != nil {

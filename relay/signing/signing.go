@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/mail"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -132,10 +133,12 @@ func (s *Signer) keyFor(domain string) *key {
 }
 
 // Sign returns the DKIM-Signature header field (with its CRLF) to put
-// before msg, or "" when no entry covers the From: domain or the message
-// already carries a signature for that domain. headers is the message's
-// header section, msg the whole message as it will be sent.
-func (s *Signer) Sign(headers []byte, msg io.Reader) (string, string, error) {
+// before msg, and the signing domain, or "" when no entry covers the
+// From: domain or the message already carries a signature for that
+// domain. headers is the message's header section, msg the whole message
+// as it will be sent; extra names header fields to sign beyond the
+// entry's (the relay's own mail: a TLS-RPT report's fields).
+func (s *Signer) Sign(headers []byte, msg io.Reader, extra ...string) (string, string, error) {
 	if s == nil || len(s.keys) == 0 {
 		return "", "", nil
 	}
@@ -155,7 +158,7 @@ func (s *Signer) Sign(headers []byte, msg io.Reader) (string, string, error) {
 	signer, err := dkim.NewSigner(&dkim.SignOptions{
 		Domain: k.spec.Domain, Selector: k.spec.Selector, Signer: k.signer, Hash: crypto.SHA256,
 		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed,
-		HeaderKeys: k.spec.Headers,
+		HeaderKeys: withExtra(k.spec.Headers, extra),
 	})
 	if err != nil {
 		return "", "", err
@@ -168,6 +171,18 @@ func (s *Signer) Sign(headers []byte, msg io.Reader) (string, string, error) {
 		return "", "", err
 	}
 	return signer.Signature(), k.spec.Domain, nil
+}
+
+// withExtra is keys followed by those of extra it does not name already
+// (header names compare case-insensitively).
+func withExtra(keys, extra []string) []string {
+	out := keys[:len(keys):len(keys)]
+	for _, e := range extra {
+		if !slices.ContainsFunc(out, func(k string) bool { return strings.EqualFold(k, e) }) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // alreadySigned reports whether one of the DKIM-Signature fields has d=domain.
