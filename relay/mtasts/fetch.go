@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"tlsrelay/policy"
+	"tlsrelay/relay/webpki"
 )
 
 // MaxPolicyBytes caps a policy file (RFC 8461 §3.3 suggests 64 KiB).
@@ -62,15 +63,8 @@ func (f *Fetcher) Fetch(ctx context.Context, domain string) (*Policy, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	tr := &http.Transport{
-		Proxy:             nil,
-		DialContext:       f.Dial,
-		TLSClientConfig:   &tls.Config{RootCAs: f.Roots, MinVersion: tls.VersionTLS12},
-		DisableKeepAlives: true,
-		ForceAttemptHTTP2: false,
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return errRedirect }}
+	client, release := webpki.Client(f.Dial, f.Roots, errRedirect)
+	defer release()
 	fail := func(r policy.ResultType, err error) error { return &FetchError{Domain: domain, Result: r, Err: err} }
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, URL(domain), nil)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"tlsrelay/relay/webpki"
 )
 
 // ContentType is the media type of a gzip'ed report (RFC 8460 §6.4).
@@ -65,14 +67,8 @@ func (p *Poster) Post(ctx context.Context, rua RUA, gz []byte) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	tr := &http.Transport{
-		Proxy:             nil,
-		DialContext:       p.Dial,
-		TLSClientConfig:   &tls.Config{RootCAs: p.Roots, MinVersion: tls.VersionTLS12},
-		DisableKeepAlives: true,
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return errNoRedirect }}
+	client, release := webpki.Client(p.Dial, p.Roots, errNoRedirect)
+	defer release()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, rua.HTTPS.String(), bytes.NewReader(gz))
 	if err != nil {
 		return &PostError{URL: rua.URI, Err: err}

@@ -84,12 +84,8 @@ func TestParseRecord(t *testing.T) {
 // TLS-RPT records, or none, are no record; a malformed one is a
 // *RecordError.
 func TestLookupRecord(t *testing.T) {
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
-	dns.MustAdd(`_smtp._tls.one.test. TXT "v=spf1 -all"`, `_smtp._tls.one.test. TXT "v=TLSRPTv1; rua=mailto:r@one.test"`,
+	dns := startDNS(t,
+		`_smtp._tls.one.test. TXT "v=spf1 -all"`, `_smtp._tls.one.test. TXT "v=TLSRPTv1; rua=mailto:r@one.test"`,
 		`_smtp._tls.two.test. TXT "v=TLSRPTv1; rua=mailto:r@two.test"`, `_smtp._tls.two.test. TXT "v=TLSRPTv1; rua=mailto:s@two.test"`,
 		`_smtp._tls.other.test. TXT "v=STSv1; id=1"`, `_smtp._tls.bad.test. TXT "v=TLSRPTv1; rua=r@bad.test"`,
 		// A bare version is no TLS-RPT record (it lacks its ';'), so
@@ -200,12 +196,8 @@ func (l *logLines) String() string {
 // directory) sends nothing again. A report server with a certificate
 // that does not verify is refused, and the report is tried again later.
 func TestSendHTTPS(t *testing.T) {
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
-	dns.MustAdd(`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
+	dns := startDNS(t,
+		`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
 	rs := startRPTServer(t, "reports.rcpt.test")
 	dir := t.TempDir()
 	day := time.Date(2026, 11, 28, 15, 0, 0, 0, time.UTC)
@@ -270,12 +262,8 @@ func TestSendHTTPS(t *testing.T) {
 // A domain without a record is recorded as such and never looked up
 // again; today's report is not sent.
 func TestSendRetriesThenGivesUp(t *testing.T) {
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
-	dns.MustAdd(`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
+	dns := startDNS(t,
+		`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
 	rs := startRPTServer(t, "reports.rcpt.test")
 	rs.status = http.StatusInternalServerError
 	dir := t.TempDir()
@@ -321,12 +309,8 @@ func TestSendRetriesThenGivesUp(t *testing.T) {
 // once they can, the ledger says it was delivered. An unreadable report
 // or ledger of another day does not stop the rest.
 func TestSendLedgerWriteFails(t *testing.T) {
-	dns, err := dnstest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dns.Close()
-	dns.MustAdd(`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
+	dns := startDNS(t,
+		`_smtp._tls.rcpt.test. TXT "v=TLSRPTv1; rua=https://reports.rcpt.test/tlsrpt"`)
 	rs := startRPTServer(t, "reports.rcpt.test")
 	dir := t.TempDir()
 	day := time.Date(2026, 11, 28, 15, 0, 0, 0, time.UTC)
@@ -376,4 +360,16 @@ func TestSendLedgerWriteFails(t *testing.T) {
 			t.Errorf("%s %s: Err %v", e.Day, e.Domain, e.Err)
 		}
 	}
+}
+
+// startDNS starts a DNS server on loopback serving records, for the test.
+func startDNS(t *testing.T, records ...string) *dnstest.Server {
+	t.Helper()
+	dns, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dns.Close() })
+	dns.MustAdd(records...)
+	return dns
 }
